@@ -1,0 +1,165 @@
+"""Our checkpoints: safetensors weights plus JSON metadata, never pickle.
+
+The metadata (model configuration, package version, provenance) is stored twice: in
+the safetensors header, so one atomically renamed file is self-describing, and in a
+`<name>.json` sidecar that people and tools can read without loading tensors.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from .atomic import atomic_write, atomic_write_text
+from .config import ModelConfig
+from .model import CausalCLIPSeg
+
+FORMAT = "napari-causalseg.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded, with what is wrong and what to do."""
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint says about itself."""
+
+    path: Path
+    config: ModelConfig
+    package_version: str
+    created: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "path": str(self.path),
+            "model": self.config.to_dict(),
+            "package_version": self.package_version,
+            "created": self.created,
+            "provenance": self.provenance,
+            "sha256": self.sha256,
+        }
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def save_checkpoint(
+    path: str | Path, model: CausalCLIPSeg, provenance: dict[str, Any] | None = None
+) -> CheckpointInfo:
+    """Write `path` (.safetensors) and its JSON sidecar, each atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"checkpoint names end in .safetensors, got {path.name}")
+    header = {
+        "format": FORMAT,
+        "model": json.dumps(model.config.to_dict()),
+        "package_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": json.dumps(provenance or {}),
+    }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    info = CheckpointInfo(
+        path=path,
+        config=model.config,
+        package_version=__version__,
+        created=header["created"],
+        provenance=provenance or {},
+        sha256=_sha256(path),
+    )
+    atomic_write_text(sidecar_path(path), json.dumps(info.to_dict(), indent=2) + "\n")
+    return info
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """Metadata from the safetensors header, without reading the tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}"
+        ) from exc
+    if header.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a napari-causalseg checkpoint "
+            f"(format {header.get('format')!r}); CLIP weights go to --pretrained instead"
+        )
+    try:
+        config = ModelConfig.from_dict(json.loads(header["model"]))
+        provenance = json.loads(header.get("provenance", "{}"))
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} has unreadable metadata: {exc}") from exc
+    sidecar = sidecar_path(path)
+    sha = json.loads(sidecar.read_text()).get("sha256") if sidecar.is_file() else None
+    return CheckpointInfo(path, config, header.get("package_version", "?"),
+                          header.get("created", "?"), provenance, sha)
+
+
+def load_checkpoint(
+    path: str | Path, expected: ModelConfig | None = None, device: str | torch.device = "cpu"
+) -> tuple[CausalCLIPSeg, CheckpointInfo]:
+    """Build the model the checkpoint describes and load its weights (strictly)."""
+    from safetensors.torch import load_file
+
+    info = read_checkpoint_info(path)
+    if expected is not None and expected != info.config:
+        diffs = expected.differences(info.config)
+        raise CheckpointError(
+            f"{info.path} holds a {info.config.name!r} model but {expected.name!r} was "
+            f"requested; differences (requested != checkpoint): {'; '.join(diffs[:6])}. "
+            "Drop the model option to use the checkpoint's own configuration."
+        )
+    try:
+        state = load_file(str(info.path), device=str(device))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{info.path} could not be read (truncated or corrupt?): {exc}") from exc
+    model = CausalCLIPSeg(info.config)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(
+                f"{len(wrong)} with other shapes (e.g. {wrong[0]}: "
+                f"{tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)})"
+            )
+        raise CheckpointError(
+            f"{info.path} does not match its own configuration: {', '.join(parts)}; "
+            "the file was written by an incompatible version or edited"
+        )
+    model.load_state_dict(state, strict=True)
+    return model.to(device), info

@@ -1,0 +1,108 @@
+"""CLIP's two towers as CausalCLIPSeg uses them, built from open_clip modules.
+
+The vision tower is open_clip's ModifiedResNet whose attention pool is replaced by a
+dense version: the same pretrained q/k/v/c projections and positional embedding, but
+every /32 position is kept (no pooled token), plus a new residual branch. The text
+tower is open_clip's TextTransformer, so tau is exactly CLIP's `encode_text`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIPTextCfg, _build_text_tower
+from open_clip.modified_resnet import ModifiedResNet
+from torch import nn
+
+from .config import ModelConfig
+
+
+class DenseAttentionPool(nn.Module):
+    """CLIP's attention pool applied at every position, with a conv+BN shortcut.
+
+    Parameter names match open_clip's AttentionPool2d so pretrained weights load
+    unchanged; only `connect` is new.
+    """
+
+    def __init__(self, grid: int, in_dim: int, heads: int, out_dim: int):
+        super().__init__()
+        self.grid = grid
+        self.heads = heads
+        self.positional_embedding = nn.Parameter(torch.randn(grid * grid + 1, in_dim) / in_dim**0.5)
+        self.k_proj = nn.Linear(in_dim, in_dim)
+        self.q_proj = nn.Linear(in_dim, in_dim)
+        self.v_proj = nn.Linear(in_dim, in_dim)
+        self.c_proj = nn.Linear(in_dim, out_dim)
+        self.connect = nn.Sequential(
+            nn.Conv2d(in_dim, out_dim, 1, bias=False), nn.BatchNorm2d(out_dim)
+        )
+
+    def spatial_positions(self, h: int, w: int) -> torch.Tensor:
+        """Pretrained positions without the pooled token, resized for non-224 inputs."""
+        pos = self.positional_embedding[1:]
+        if (h, w) == (self.grid, self.grid):
+            return pos
+        grid = pos.reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+        return grid.flatten(2).transpose(1, 2)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        shortcut = self.connect(x)
+        tokens = x.flatten(2).transpose(1, 2) + self.spatial_positions(h, w).to(x.dtype)
+        q, k, v = self.q_proj(tokens), self.k_proj(tokens), self.v_proj(tokens)
+        split = lambda t: t.reshape(b, h * w, self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
+        attended = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        attended = self.c_proj(attended.transpose(1, 2).reshape(b, h * w, c))
+        dense = attended.transpose(1, 2).reshape(b, -1, h, w)
+        return F.relu(dense + shortcut)
+
+
+class VisionEncoder(nn.Module):
+    """ModifiedResNet returning layer2 (/8), layer3 (/16) and the dense pool (/32)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        v = cfg.vision
+        self.backbone = ModifiedResNet(
+            layers=list(v.layers),
+            output_dim=cfg.embed_dim,
+            heads=v.attn_heads,
+            image_size=v.image_size,
+            width=v.width,
+        )
+        # Replace CLIP's pooled attention by the dense one (same parameter names).
+        self.backbone.attnpool = DenseAttentionPool(
+            grid=v.image_size // 32,
+            in_dim=v.stage_channels[2],
+            heads=v.attn_heads,
+            out_dim=cfg.embed_dim,
+        )
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        net = self.backbone
+        x = net.stem(image.to(net.conv1.weight.dtype))
+        x = net.layer1(x)
+        c2 = net.layer2(x)
+        c3 = net.layer3(c2)
+        c4 = net.attnpool(net.layer4(c3))
+        return c2, c3, c4
+
+
+class TextEncoder(nn.Module):
+    """CLIP text Transformer: tau is the projected top-layer activation at [EOS]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        t = cfg.text
+        text_cfg = CLIPTextCfg(
+            context_length=t.context_length,
+            vocab_size=t.vocab_size,
+            width=t.width,
+            heads=t.heads,
+            layers=t.layers,
+        )
+        self.transformer = _build_text_tower(cfg.embed_dim, text_cfg, quick_gelu=cfg.quick_gelu)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.transformer(tokens)

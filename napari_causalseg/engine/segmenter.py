@@ -1,0 +1,162 @@
+"""Inference for people: an image and a note in, mask, probability and confounder map out.
+
+Image features are cached per (image bytes, preprocessing, model); a new note on the
+same image reruns only the text encoder and the note-dependent dynamic convolution of
+D_c. Text features are cached per normalised note.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import LRUCache
+from .checkpoint import load_checkpoint
+from .config import ModelConfig, get_config
+from .device import resolve_device
+from .model import CausalCLIPSeg
+from .preprocess import PreprocessConfig, prepare_image, resize_to, to_grey_or_rgb
+from .tokenizer import NoteTokenizer, TokenizedNote
+from .weights import load_clip_weights
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    device: str = "auto"
+    threshold: float = 0.5
+    cache_bytes: int = 1 << 30  # image features; RN101 needs ~51 MB per image
+    text_cache_entries: int = 512
+    truncate_notes: bool = False  # opt-in; the dropped words are reported
+
+
+@dataclass
+class ImageFeatures:
+    """The note-independent part of one image's forward pass."""
+
+    pixels: torch.Tensor  # D_c's full-resolution visual features (1, C, S, S)
+    confounder: torch.Tensor  # fused 1 - M (1, 1, S/16, S/16)
+    shape: tuple[int, int]  # the original image's (H, W)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.nelement() for t in (self.pixels, self.confounder))
+
+
+@dataclass
+class SegmentationResult:
+    mask: np.ndarray  # uint8 {0, 1}, original (H, W)
+    probability: np.ndarray  # float32 lesion probability, original (H, W)
+    confounder: np.ndarray  # float32 confounder map (1 - M) in [0, 1], original (H, W)
+    note: str  # the normalised note the model read
+    threshold: float
+    dropped: str | None = None  # text cut by an explicit truncation
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def rethreshold(self, threshold: float) -> np.ndarray:
+        """A new mask from the kept probability map, without rerunning the model."""
+        return (self.probability >= threshold).astype(np.uint8)
+
+
+class Segmenter:
+    """Wraps a CausalCLIPSeg model for interactive, cached inference (eval mode)."""
+
+    def __init__(
+        self,
+        model: CausalCLIPSeg,
+        config: SegmenterConfig = SegmenterConfig(),
+        model_id: str | None = None,
+    ):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device).eval()
+        self.model_id = model_id or uuid.uuid4().hex
+        self.preprocess = PreprocessConfig(size=model.config.image_size)
+        self.tokenizer = NoteTokenizer(model.config.text.context_length, truncate=config.truncate_notes)
+        self.image_cache: LRUCache[ImageFeatures] = LRUCache(config.cache_bytes, lambda f: f.nbytes)
+        self.text_cache: LRUCache[tuple[torch.Tensor, TokenizedNote]] = LRUCache(
+            config.text_cache_entries
+        )
+        self._lock = threading.RLock()  # one forward at a time; caches are shared
+
+    # construction -------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, config: SegmenterConfig = SegmenterConfig()) -> Segmenter:
+        model, info = load_checkpoint(path)
+        return cls(model, config, model_id=info.sha256 or f"{Path(path).resolve()}")
+
+    @classmethod
+    def from_config(
+        cls,
+        model_config: ModelConfig | str,
+        pretrained: str | None = None,
+        config: SegmenterConfig = SegmenterConfig(),
+    ) -> Segmenter:
+        """A model from a preset name/config, with optional CLIP weights."""
+        cfg = get_config(model_config) if isinstance(model_config, str) else model_config
+        model = CausalCLIPSeg(cfg)
+        load_clip_weights(model, pretrained)
+        return cls(model, config)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.model.config
+
+    # features -----------------------------------------------------------------
+    def image_key(self, image: np.ndarray) -> str:
+        image = np.ascontiguousarray(image)
+        digest = hashlib.blake2b(image.data, digest_size=16)
+        digest.update(f"{image.shape}{image.dtype.str}".encode())
+        return f"{self.model_id}:{self.preprocess.key()}:{digest.hexdigest()}"
+
+    def image_features(self, image: np.ndarray) -> ImageFeatures:
+        """Cached; call from a worker thread as soon as an image is chosen."""
+        image = to_grey_or_rgb(image)
+        key = self.image_key(image)
+        cached = self.image_cache.get(key)
+        if cached is not None:
+            return cached
+        with self._lock, torch.inference_mode():
+            cached = self.image_cache.get(key)  # another thread may have just made it
+            if cached is not None:
+                return cached
+            tensor = prepare_image(image, self.preprocess).to(self.device)
+            feats = self.model.encode_image(tensor)
+            pixels = self.model.causal_decoder.visual(feats.causal)
+            result = ImageFeatures(pixels, feats.confounder_map(), tuple(image.shape[:2]))
+        self.image_cache.put(key, result)
+        return result
+
+    def text_feature(self, note: str) -> tuple[torch.Tensor, TokenizedNote]:
+        tokens = self.tokenizer.encode(note)  # raises NoteError for empty/too long notes
+        cached = self.text_cache.get(tokens.note)
+        if cached is not None:
+            return cached
+        with self._lock, torch.inference_mode():
+            tau = self.model.encode_text(tokens.ids[None].to(self.device))
+        self.text_cache.put(tokens.note, (tau, tokens))
+        return tau, tokens
+
+    # prediction ---------------------------------------------------------------
+    def segment(self, image: np.ndarray, note: str, threshold: float | None = None) -> SegmentationResult:
+        threshold = self.config.threshold if threshold is None else threshold
+        tau, tokens = self.text_feature(note)
+        feats = self.image_features(image)
+        with self._lock, torch.inference_mode():
+            logits = self.model.causal_decoder.dynamic(feats.pixels, tau)
+            probability = torch.sigmoid(resize_to(logits.float(), feats.shape))[0, 0]
+            confounder = resize_to(feats.confounder.float(), feats.shape)[0, 0].clamp(0, 1)
+        prob = probability.cpu().numpy()
+        return SegmentationResult(
+            mask=(prob >= threshold).astype(np.uint8),
+            probability=prob,
+            confounder=confounder.cpu().numpy(),
+            note=tokens.note,
+            threshold=threshold,
+            dropped=tokens.dropped,
+        )

@@ -1,0 +1,115 @@
+"""Checkpoints: safetensors + JSON, bit-exact round trips, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from napari_causalseg import __version__
+from napari_causalseg.engine import (
+    CausalCLIPSeg,
+    CheckpointError,
+    Segmenter,
+    get_config,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
+from napari_causalseg.engine.config import ModelConfig, TextConfig
+
+from .conftest import NOTE
+
+
+def perturbed(model: CausalCLIPSeg) -> CausalCLIPSeg:
+    """Non-default values everywhere, BN running stats included."""
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.add_(torch.randn_like(t) * 0.01)
+    return model
+
+
+def test_round_trip_is_bit_exact(tmp_path, tiny_model, xray):
+    model = perturbed(tiny_model)
+    path = tmp_path / "run" / "best.safetensors"
+    info = save_checkpoint(path, model, provenance={"epochs": 3, "data": "synthetic"})
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert not list(path.parent.glob("*.part"))
+    loaded, info2 = load_checkpoint(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    assert info2.config == model.config
+    assert info2.provenance == {"epochs": 3, "data": "synthetic"}
+    assert info2.sha256 == info.sha256
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["package_version"] == __version__
+    assert sidecar["model"]["name"] == "tiny"
+    a = Segmenter(model.eval()).segment(xray, NOTE).probability
+    b = Segmenter.from_checkpoint(path).segment(xray, NOTE).probability
+    assert (a == b).all()
+
+
+def test_config_mismatch_names_the_differences(tmp_path, tiny_model):
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(path, tiny_model)
+    with pytest.raises(CheckpointError, match=r"holds a 'tiny' model but 'rn101' was requested.*embed_dim: 512 != 64"):
+        load_checkpoint(path, expected=get_config("rn101"))
+
+
+def test_corrupt_and_foreign_files_are_clear_errors(tmp_path, tiny_model):
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, tiny_model)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(truncated)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        read_checkpoint_info(garbage)
+    foreign = tmp_path / "clip.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not a napari-causalseg checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_weights_that_do_not_fit_their_config(tmp_path, tiny_model):
+    """A header that claims another configuration than the tensors hold."""
+    from safetensors.torch import load_file
+
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, tiny_model)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        header = dict(fh.metadata())
+    cfg = get_config("tiny")
+    other = ModelConfig(name="tiny", embed_dim=cfg.embed_dim, vision=cfg.vision,
+                        text=TextConfig(context_length=20, width=48, heads=2, layers=2),
+                        clip_name=None)
+    header["model"] = json.dumps(other.to_dict())
+    save_file(load_file(str(path)), str(path), metadata=header)
+    with pytest.raises(CheckpointError, match="does not match its own configuration"):
+        load_checkpoint(path)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, tiny_model, monkeypatch):
+    path = tmp_path / "best.safetensors"
+    save_checkpoint(path, tiny_model)
+    before = path.read_bytes()
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, perturbed(tiny_model))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]

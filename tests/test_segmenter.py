@@ -1,0 +1,134 @@
+"""Inference for users: any image in, maps at the original size, caches that are exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_causalseg.engine import ImageError, NoteError, NoteTokenizer, Segmenter, SegmenterConfig
+from napari_causalseg.engine.device import resolve_device
+from napari_causalseg.engine.preprocess import normalize_intensity, prepare_image, resize_to
+
+from .conftest import NOTE, OTHER_NOTE
+
+
+@pytest.fixture
+def segmenter(tiny_model) -> Segmenter:
+    return Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+
+
+def count_calls(module: torch.nn.Module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.random.default_rng(1).integers(0, 255, (300, 260), dtype=np.uint8),
+        np.random.default_rng(2).integers(0, 4095, (224, 224), dtype=np.uint16),
+        np.random.default_rng(3).normal(100, 30, (97, 181)).astype(np.float32),
+        np.random.default_rng(4).random((512, 400)),
+        np.random.default_rng(5).integers(0, 255, (120, 150, 3), dtype=np.uint8),
+        np.random.default_rng(6).integers(0, 255, (120, 150, 4), dtype=np.uint8),
+        np.random.default_rng(7).integers(-1000, 3000, (200, 210), dtype=np.int16),
+    ],
+    ids=["u8", "u16", "f32", "f64-unit", "rgb", "rgba", "i16"],
+)
+def test_outputs_have_the_original_size(segmenter, image):
+    result = segmenter.segment(image, NOTE)
+    h, w = image.shape[:2]
+    assert result.mask.shape == result.probability.shape == result.confounder.shape == (h, w)
+    assert result.mask.dtype == np.uint8 and set(np.unique(result.mask)) <= {0, 1}
+    assert result.probability.dtype == np.float32
+    assert result.probability.min() >= 0 and result.probability.max() <= 1
+    assert result.confounder.min() >= 0 and result.confounder.max() <= 1
+    np.testing.assert_array_equal(result.mask, result.probability >= 0.5)
+
+
+def test_intensity_normalisation():
+    u8 = np.array([[0, 255]], dtype=np.uint8)
+    np.testing.assert_allclose(normalize_intensity(u8), [[0.0, 1.0]])
+    # 12-bit data stored in 16 bits spans [0, 1] after the percentile window
+    u16 = np.linspace(0, 4095, 10000).astype(np.uint16).reshape(100, 100)
+    out = normalize_intensity(u16)
+    assert out.min() == 0.0 and out.max() == 1.0 and out.dtype == np.float32
+    unit = np.array([[0.2, 0.7]], dtype=np.float32)
+    np.testing.assert_array_equal(normalize_intensity(unit), unit)  # kept as is
+    assert not normalize_intensity(np.full((4, 4), 7.0)).any()  # constant: no division by zero
+    with pytest.raises(ImageError, match="no finite values"):
+        normalize_intensity(np.full((4, 4), np.nan))
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6), (10,), (2, 3, 4, 5), (1, 100)])
+def test_bad_image_shapes_are_clear_errors(segmenter, shape):
+    with pytest.raises(ImageError, match="shape"):
+        segmenter.segment(np.zeros(shape, np.uint8), NOTE)
+
+
+def test_cached_equals_uncached(segmenter, tiny_model, xray):
+    """The cached path gives exactly what one plain forward pass gives."""
+    first = segmenter.segment(xray, NOTE)
+    second = segmenter.segment(xray, NOTE)
+    with torch.no_grad():
+        out = tiny_model(prepare_image(xray), NoteTokenizer(20)([NOTE]), with_confounding=False)
+        prob = torch.sigmoid(resize_to(out.causal_logits, xray.shape))[0, 0].numpy()
+        conf = resize_to(out.confounder_map(), xray.shape)[0, 0].numpy()
+    np.testing.assert_array_equal(first.probability, second.probability)
+    np.testing.assert_allclose(first.probability, prob, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(first.confounder, conf, rtol=0, atol=1e-6)
+    # a second note on a fresh segmenter equals the cached re-prompt
+    other_cached = segmenter.segment(xray, OTHER_NOTE).probability
+    fresh = Segmenter(tiny_model, SegmenterConfig(device="cpu")).segment(xray, OTHER_NOTE).probability
+    np.testing.assert_array_equal(other_cached, fresh)
+
+
+def test_second_note_skips_the_image_encoder(segmenter, xray):
+    vision_calls = count_calls(segmenter.model.vision)
+    text_calls = count_calls(segmenter.model.text)
+    segmenter.segment(xray, NOTE)
+    segmenter.segment(xray, OTHER_NOTE)
+    segmenter.segment(xray, "  " + NOTE.upper())  # same note once normalised
+    assert vision_calls[0] == 1
+    assert text_calls[0] == 2
+    segmenter.segment(xray[:-10], NOTE)  # a different image is encoded
+    assert vision_calls[0] == 2
+
+
+def test_notes_change_the_prediction(segmenter, xray):
+    a = segmenter.segment(xray, NOTE).probability
+    b = segmenter.segment(xray, OTHER_NOTE).probability
+    assert np.abs(a - b).max() > 1e-6
+
+
+def test_feature_cache_is_bounded(tiny_model, xray):
+    seg = Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+    one = seg.image_features(xray).nbytes
+    seg = Segmenter(tiny_model, SegmenterConfig(device="cpu", cache_bytes=int(2.5 * one)))
+    for shift in range(5):
+        seg.image_features(np.roll(xray, shift, axis=0))
+    assert len(seg.image_cache) == 2
+    assert seg.image_cache.total_cost <= 2.5 * one
+
+
+def test_rethreshold_without_rerunning(segmenter, xray):
+    result = segmenter.segment(xray, NOTE)
+    t = float(np.median(result.probability))
+    np.testing.assert_array_equal(result.rethreshold(t), (result.probability >= t).astype(np.uint8))
+
+
+def test_note_errors_reach_the_user(segmenter, xray):
+    with pytest.raises(NoteError, match="empty"):
+        segmenter.segment(xray, "   ")
+
+
+def test_device_choice():
+    assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in {"cpu", "mps"}
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu9")
