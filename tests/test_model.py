@@ -10,7 +10,7 @@ from napari_causalseg.engine import CausalCLIPSeg, count_parameters, get_config
 from napari_causalseg.engine.carafe import CARAFE
 
 
-def tokens(batch: int = 1, ctx: int = 20) -> torch.Tensor:
+def tokens(batch: int = 1, ctx: int = 24) -> torch.Tensor:
     t = torch.zeros(batch, ctx, dtype=torch.long)
     t[:, 0], t[:, 1:4], t[:, 4] = 49406, torch.tensor([25599, 39132, 14774]), 49407
     return t

@@ -73,7 +73,7 @@ def test_cached_equals_uncached(segmenter, tiny_model, xray):
     first = segmenter.segment(xray, NOTE)
     second = segmenter.segment(xray, NOTE)
     with torch.no_grad():
-        out = tiny_model(prepare_image(xray), NoteTokenizer(20)([NOTE]), with_confounding=False)
+        out = tiny_model(prepare_image(xray), NoteTokenizer(tiny_model.config.text.context_length)([NOTE]), with_confounding=False)
         prob = torch.sigmoid(resize_to(out.causal_logits, xray.shape))[0, 0].numpy()
         conf = resize_to(out.confounder_map(), xray.shape)[0, 0].numpy()
     np.testing.assert_array_equal(first.probability, second.probability)

@@ -38,7 +38,7 @@ def test_tokenizer_brackets_and_pads():
     assert tok.ids.shape == (20,)
     assert tok.ids[0] == 49406 and tok.ids[tok.n_tokens - 1] == 49407
     assert (tok.ids[tok.n_tokens:] == 0).all()
-    assert 16 <= tok.n_tokens <= 19  # real QaTa captions are 16-19 tokens
+    assert tok.n_tokens == 18  # 16 BPE tokens + [SOS]/[EOS]
     assert tok.note == NOTE.lower()
 
 
@@ -67,12 +67,12 @@ def test_long_note_is_never_cut_silently():
 
 def test_text_feature_equals_open_clip_encode_text(tmp_path):
     """Weights from an open_clip CLIP file; tau equals CLIP's encode_text."""
-    clip = tiny_open_clip(context_length=20)
+    clip = tiny_open_clip(context_length=get_config("tiny").text.context_length)
     path = tmp_path / "clip.safetensors"
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
     model = CausalCLIPSeg(get_config("tiny")).eval()
     assert load_clip_weights(model, path) == "file:clip.safetensors"
-    tokens = NoteTokenizer(20)([NOTE, "unilateral pulmonary infection, one infected area."])
+    tokens = NoteTokenizer(get_config("tiny").text.context_length)([NOTE, "unilateral pulmonary infection, one infected area."])
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(tokens), clip.encode_text(tokens))
         # the image tower's trunk is CLIP's too
@@ -85,14 +85,14 @@ def test_text_feature_equals_open_clip_encode_text(tmp_path):
 
 
 def test_77_token_clip_weights_give_the_same_tau(tmp_path):
-    """Cutting CLIP's 77 positions to 20 is exact (the text Transformer is causal)."""
+    """Cutting CLIP's 77 positions to our context is exact (the text Transformer is causal)."""
     clip = tiny_open_clip(context_length=77)
     path = tmp_path / "clip77.pt"
     torch.save(clip.state_dict(), path)
     model = CausalCLIPSeg(get_config("tiny")).eval()
     load_clip_weights(model, path)
     with torch.no_grad():
-        ours = model.encode_text(NoteTokenizer(20)([NOTE]))
+        ours = model.encode_text(NoteTokenizer(get_config("tiny").text.context_length)([NOTE]))
         theirs = clip.encode_text(open_clip.tokenize([NOTE], context_length=77))
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 

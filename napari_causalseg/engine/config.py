@@ -106,12 +106,14 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 PRESETS: dict[str, ModelConfig] = {
     # The paper's model: OpenAI CLIP RN101 (open_clip "RN101-quickgelu").
     "rn101": ModelConfig(name="rn101"),
-    # Small random-init model for tests and the bundled demo (a few MB).
+    # Small random-init model for tests and the demo. Its context is 24 tokens so that
+    # every note of the QaTa grammar fits: "... six infected areas, upper middle lower
+    # left lung and upper middle lower right lung." is 22 tokens (a third of QaTa).
     "tiny": ModelConfig(
         name="tiny",
         embed_dim=64,
         vision=VisionConfig(layers=(1, 1, 1, 1), width=8, image_size=224, heads=4),
-        text=TextConfig(context_length=20, width=32, heads=2, layers=2),
+        text=TextConfig(context_length=24, width=32, heads=2, layers=2),
         clip_name=None,
     ),
 }
