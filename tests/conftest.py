@@ -12,6 +12,12 @@ NOTE = "Bilateral pulmonary infection, two infected areas, upper left lung and l
 OTHER_NOTE = "Unilateral pulmonary infection, one infected area, lower right lung."
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Never touch (or train into) the user's real cache from a test."""
+    monkeypatch.setenv("NAPARI_CAUSALSEG_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def tiny_model() -> CausalCLIPSeg:
     torch.manual_seed(0)

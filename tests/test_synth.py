@@ -19,19 +19,21 @@ from openpyxl import load_workbook
 from PIL import Image
 
 from napari_causalseg.engine.data.synth import (
-    HEALTHY_NOTE,
-    NUMBER_WORDS,
-    SIDES,
     ZONE_CODES,
-    ZONES,
     SynthCase,
     SynthConfig,
     case_rng,
     generate,
-    make_note,
-    parse_note,
     synth_case,
     write_lvit_dataset,
+)
+from napari_causalseg.engine.notes import (
+    HEALTHY_NOTE,
+    NUMBER_WORDS,
+    SIDES,
+    ZONES,
+    make_note,
+    parse_note,
 )
 
 ZONE_RE = r"(?:upper|middle|lower)(?: (?:upper|middle|lower))*"

@@ -47,10 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-SIDES = ("left", "right")  # patient sides, in note order
-ZONES = ("upper", "middle", "lower")
-NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
-HEALTHY_NOTE = "No pulmonary infection, no infected area."
+from ..notes import SIDES, ZONES, laterality, make_note, sorted_zones
+
 SPLITS = ("train", "val", "test")
 #: zone_map codes: 1..3 left lung (image right) upper..lower, 4..6 right lung (image left).
 ZONE_CODES = {(s, z): 1 + 3 * i + j for i, s in enumerate(SIDES) for j, z in enumerate(ZONES)}
@@ -125,64 +123,6 @@ class SynthCase:
 # --------------------------------------------------------------------------- notes
 
 
-def make_note(zones: Sequence[tuple[str, str]]) -> str:
-    """QaTa sentence for a set of (side, zone) areas; the inverse of :func:`parse_note`."""
-    zones = _sorted_zones(zones)
-    if not zones:
-        return HEALTHY_NOTE
-    if len(zones) > len(NUMBER_WORDS):
-        raise ValueError("at most six areas")
-    sides = [s for s in SIDES if any(zs == s for zs, _ in zones)]
-    lat = "Bilateral" if len(sides) == 2 else "Unilateral"
-    n = len(zones)
-    area = "area" if n == 1 else "areas"
-    parts = [" ".join([z for zs, z in zones if zs == s] + [f"{s} lung"]) for s in sides]
-    return (
-        f"{lat} pulmonary infection, {NUMBER_WORDS[n - 1]} infected {area}, {' and '.join(parts)}."
-    )
-
-
-def parse_note(note: str) -> tuple[str, int, list[tuple[str, str]]]:
-    """(laterality, count, zones) of a QaTa-grammar note; raises ValueError otherwise."""
-    text = note.strip().lower().rstrip(".")
-    if text == HEALTHY_NOTE.lower().rstrip("."):
-        return "none", 0, []
-    try:
-        head, count_part, where = (p.strip() for p in text.split(",", 2))
-    except ValueError as e:
-        raise ValueError(f"not a QaTa note: {note!r}") from e
-    lat = head.removesuffix(" pulmonary infection")
-    if lat not in ("unilateral", "bilateral") or lat == head:
-        raise ValueError(f"bad laterality in {note!r}")
-    words = count_part.split()
-    if (
-        len(words) != 3
-        or words[0] not in NUMBER_WORDS
-        or words[1] != "infected"
-        or words[2] not in ("area", "areas")
-    ):
-        raise ValueError(f"bad count phrase in {note!r}")
-    count = NUMBER_WORDS.index(words[0]) + 1
-    zones: list[tuple[str, str]] = []
-    for part in where.split(" and "):
-        toks = part.split()
-        if len(toks) < 3 or toks[-1] != "lung" or toks[-2] not in SIDES:
-            raise ValueError(f"bad location {part!r} in {note!r}")
-        if not toks[:-2] or any(t not in ZONES for t in toks[:-2]):
-            raise ValueError(f"bad zones {part!r} in {note!r}")
-        zones += [(toks[-2], z) for z in toks[:-2]]
-    return lat, count, _sorted_zones(zones)
-
-
-def _laterality(zones: Sequence[tuple[str, str]]) -> str:
-    n_sides = len({side for side, _ in zones})
-    return ("none", "unilateral", "bilateral")[n_sides]
-
-
-def _sorted_zones(zones: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    return sorted(set(zones), key=lambda sz: (SIDES.index(sz[0]), ZONES.index(sz[1])))
-
-
 def _draw_zones(rng: np.random.Generator, cfg: SynthConfig) -> list[tuple[str, str]]:
     """Lesion layout: bilateral or one side, 1-3 zones per side, lower zones favoured."""
     if rng.random() < cfg.p_healthy:
@@ -195,7 +135,7 @@ def _draw_zones(rng: np.random.Generator, cfg: SynthConfig) -> list[tuple[str, s
         k = 1 + int(rng.choice(3, p=pk / pk.sum()))
         picked = rng.choice(3, size=k, replace=False, p=w / w.sum())
         out += [(s, ZONES[int(j)]) for j in picked]
-    return _sorted_zones(out)
+    return sorted_zones(out)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -777,7 +717,7 @@ def synth_case(
         image=image,
         mask=mask,
         note=make_note(zones),
-        laterality=_laterality(zones),
+        laterality=laterality(zones),
         zones=zones,
         zone_map=zmap,
         confounder=has_conf,

@@ -1,0 +1,55 @@
+"""Where a Segmenter's model comes from: the demo, OpenAI CLIP RN101, or a checkpoint.
+
+One description (`ModelSource`) is what front ends pass around; `open_segmenter`
+turns it into a ready Segmenter, training the demo model on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .segmenter import Segmenter, SegmenterConfig
+from .trainer import TrainEvent
+
+DEMO, OPENAI, CHECKPOINT = "demo", "openai", "checkpoint"
+SOURCE_LABELS = {
+    DEMO: "Demo model (tiny, synthetic data)",
+    OPENAI: "CLIP RN101, OpenAI weights (untrained head)",
+    CHECKPOINT: "Checkpoint file",
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str = DEMO
+    path: Path | None = None  # for CHECKPOINT
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_LABELS:
+            raise ValueError(f"unknown model source {self.kind!r}; use one of {sorted(SOURCE_LABELS)}")
+        if self.kind == CHECKPOINT and (self.path is None or not str(self.path).strip()):
+            raise ValueError("choose a checkpoint file (.safetensors) for the 'Checkpoint file' model")
+
+    @property
+    def label(self) -> str:
+        return f"{SOURCE_LABELS[self.kind]}: {self.path}" if self.kind == CHECKPOINT else SOURCE_LABELS[self.kind]
+
+
+def open_segmenter(
+    source: ModelSource,
+    config: SegmenterConfig | None = None,
+    progress: Callable[[TrainEvent], None] | bool = False,
+) -> tuple[Segmenter, Path | None]:
+    """The Segmenter for `source`, and the checkpoint it was loaded from (if any)."""
+    config = config or SegmenterConfig()
+    if source.kind == OPENAI:
+        return Segmenter.from_config("rn101", pretrained="openai", config=config), None
+    if source.kind == DEMO:
+        from .demo import demo_checkpoint
+
+        path = demo_checkpoint(progress=progress)
+    else:
+        path = Path(source.path)
+    return Segmenter.from_checkpoint(path, config), path

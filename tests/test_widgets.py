@@ -1,0 +1,288 @@
+"""The napari plugin as a user drives it: manifest, Segment, correct, Add case, fine-tune.
+
+Needs a display (Xvfb in CI). Workers are real napari thread workers running a tiny
+real model from a checkpoint written here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from qtpy.QtCore import QTimer  # noqa: E402
+
+from napari_causalseg.engine import CausalCLIPSeg, get_config, save_checkpoint  # noqa: E402
+from napari_causalseg.engine.sources import CHECKPOINT  # noqa: E402
+from napari_causalseg.widgets import FineTuneWidget, SegmentWidget  # noqa: E402
+
+from .conftest import OTHER_NOTE  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("CAUSALSEG_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+SAMPLE = "synthetic chest X-ray"
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "models" / "tiny.safetensors"
+    save_checkpoint(path, CausalCLIPSeg(get_config("tiny")), {"note": "random test model"})
+    return path
+
+
+@pytest.fixture
+def viewer_with_sample(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-causalseg", "synthetic_chest_xray")
+    return viewer
+
+
+class TickRecorder:
+    """Longest gap between 10 ms timer ticks: how long the event loop was blocked."""
+
+    def __init__(self):
+        self.last = None
+        self.max_gap = 0.0
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.max_gap = max(self.max_gap, now - self.last)
+        self.last = now
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.stop()
+
+
+def segment_and_wait(qtbot, widget: SegmentWidget, timeout: int = 120_000):
+    worker = widget.segment()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget._workers, timeout=timeout)
+    return worker
+
+
+@pytest.fixture(autouse=True)
+def wait_for_workers(qtbot):
+    """No worker may outlive its test (it would touch a closed viewer)."""
+    created: list[SegmentWidget] = []
+    SegmentWidget._test_instances = created
+    yield
+    for widget in created:
+        qtbot.waitUntil(lambda w=widget: not w._workers, timeout=120_000)
+    del SegmentWidget._test_instances
+
+
+def prepared_widget(viewer, checkpoint: Path) -> SegmentWidget:
+    widget = SegmentWidget(viewer)
+    SegmentWidget._test_instances.append(widget)
+    viewer.window.add_dock_widget(widget, name="Segment from note")
+    widget.checkpoint.value = checkpoint
+    widget.model.value = CHECKPOINT
+    widget.device.value = "cpu"
+    return widget
+
+
+def test_manifest_is_valid():
+    out = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-causalseg"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    top = Path(__file__).parent.parent / "napari.yaml"
+    assert top.resolve() == (Path(__file__).parent.parent / "napari_causalseg" / "napari.yaml").resolve()
+
+
+def test_widgets_load_through_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, seg = viewer.window.add_plugin_dock_widget("napari-causalseg", "Segment from note")
+    _, fine = viewer.window.add_plugin_dock_widget("napari-causalseg", "Fine-tune")
+    assert isinstance(seg, SegmentWidget) and isinstance(fine, FineTuneWidget)
+    assert fine.segment_widget is seg  # found through the dock, no global registry
+
+
+def test_sample_fills_the_note(viewer_with_sample):
+    widget = SegmentWidget(viewer_with_sample)
+    layer = viewer_with_sample.layers[SAMPLE]
+    assert widget.image.value is layer
+    assert widget.note.value == layer.metadata["note"]
+    assert "pulmonary infection" in widget.note.value
+
+
+def test_note_builder_composes_qata_notes(make_napari_viewer):
+    widget = SegmentWidget(make_napari_viewer())
+    widget.zone_boxes[("left", "upper")].value = True
+    widget.zone_boxes[("right", "lower")].value = True
+    assert widget.compose_note() == (
+        "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
+    )
+
+
+def test_segment_creates_both_layers_with_geometry_and_screenshot(
+    qtbot, viewer_with_sample, tiny_checkpoint
+):
+    viewer = viewer_with_sample
+    image = viewer.layers[SAMPLE]
+    image.scale = (0.5, 0.25)
+    image.translate = (3.0, -2.0)
+    widget = prepared_widget(viewer, tiny_checkpoint)
+    with TickRecorder() as ticks:
+        segment_and_wait(qtbot, widget)
+    labels = viewer.layers[f"{SAMPLE} lesion"]
+    conf = viewer.layers[f"{SAMPLE} confounders"]
+    assert labels.data.shape == conf.data.shape == image.data.shape
+    assert tuple(labels.scale) == tuple(conf.scale) == (0.5, 0.25)
+    assert tuple(labels.translate) == tuple(conf.translate) == (3.0, -2.0)
+    assert conf.opacity == 0.5 and conf.colormap.name == "inferno"
+    assert labels.metadata["note"].startswith("bilateral pulmonary infection")
+    print(f"\nlongest event-loop gap while segmenting: {ticks.max_gap * 1000:.0f} ms")
+    assert ticks.max_gap < 0.2
+
+    viewer.reset_view()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    from PIL import Image
+
+    Image.fromarray(shot).save(ARTIFACTS / "segment_from_note.png")
+    assert shot.std() > 10  # a real picture, not a blank canvas
+
+
+def test_second_note_reuses_the_cached_image_features(qtbot, viewer_with_sample, tiny_checkpoint):
+    widget = prepared_widget(viewer_with_sample, tiny_checkpoint)
+    segment_and_wait(qtbot, widget)
+    segmenter = widget.models.segmenter
+    calls = [0]
+    segmenter.model.vision.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    first = viewer_with_sample.layers[f"{SAMPLE} lesion"].data.copy()
+    widget.note.value = OTHER_NOTE
+    segment_and_wait(qtbot, widget)
+    assert calls[0] == 0
+    assert segmenter.image_cache.hits >= 1
+    second = widget.results[SAMPLE].probability
+    assert first.shape == second.shape
+
+
+def test_threshold_slider_rethresholds_without_the_model(qtbot, viewer_with_sample, tiny_checkpoint):
+    widget = prepared_widget(viewer_with_sample, tiny_checkpoint)
+    segment_and_wait(qtbot, widget)
+    prob = widget.results[SAMPLE].probability
+    t = float(np.quantile(prob, 0.7))
+    widget.threshold.value = round(t, 2)
+    labels = viewer_with_sample.layers[f"{SAMPLE} lesion"]
+    np.testing.assert_array_equal(labels.data, (prob >= widget.threshold.value).astype(np.uint8))
+
+
+def test_edited_labels_survive_a_rerun(qtbot, viewer_with_sample, tiny_checkpoint):
+    viewer = viewer_with_sample
+    widget = prepared_widget(viewer, tiny_checkpoint)
+    segment_and_wait(qtbot, widget)
+    labels = viewer.layers[f"{SAMPLE} lesion"]
+    before = labels.data.copy()
+    labels.brush_size = 30
+    on, off = np.argwhere(before == 1), np.argwhere(before == 0)
+    if len(on):
+        labels.paint(tuple(on[len(on) // 2]), 0)  # the eraser, as a user would
+    if len(off):
+        labels.paint(tuple(off[len(off) // 2]), 1)  # and the brush
+    edited = labels.data.copy()
+    assert (edited != before).any()
+    widget.threshold.value = 0.3  # the slider must not overwrite it either
+    np.testing.assert_array_equal(labels.data, edited)
+    segment_and_wait(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers[f"{SAMPLE} lesion"].data, edited)
+    assert f"{SAMPLE} lesion [2]" in viewer.layers
+
+
+def _add_cases(qtbot, viewer, seg, fine, n: int):
+    for i in range(n):
+        seg.note.value = ["Unilateral pulmonary infection, one infected area, lower right lung.",
+                          "Bilateral pulmonary infection, two infected areas, lower left lung and lower right lung.",
+                          "Unilateral pulmonary infection, one infected area, upper left lung."][i % 3]
+        segment_and_wait(qtbot, seg)
+        labels = viewer.layers[f"{SAMPLE} lesion"]
+        labels.data = np.roll(labels.data, i, axis=0)  # a "correction"
+        fine.image.value = viewer.layers[SAMPLE]
+        fine.labels.value = labels
+        assert fine.add_case() is not None
+
+
+def test_add_case_writes_the_files_at_once(qtbot, viewer_with_sample, tiny_checkpoint, tmp_path):
+    viewer = viewer_with_sample
+    seg = prepared_widget(viewer, tiny_checkpoint)
+    fine = FineTuneWidget(viewer, segment_widget=seg)
+    fine.folder.value = tmp_path / "annotations"
+    segment_and_wait(qtbot, seg)
+    labels = viewer.layers[f"{SAMPLE} lesion"]
+    labels.data = np.zeros_like(labels.data)
+    labels.data[50:90, 40:100] = 1
+    fine.image.value, fine.labels.value = viewer.layers[SAMPLE], labels
+    case = fine.add_case()
+    files = sorted(p.name for p in case.image_path.parent.iterdir())
+    assert {"image.png", "mask.png", "note.txt"} <= set(files)
+    from napari_causalseg.engine.data.readers import load_mask
+
+    mask = load_mask(case.mask_path)
+    assert mask.sum() == 40 * 60 and mask[50:90, 40:100].all()
+    assert case.note == labels.metadata["note"]
+    assert fine.cases.choices == (case.name,)
+    # a new widget (new session) lists the same cases
+    again = FineTuneWidget(viewer, segment_widget=seg)
+    again.folder.value = tmp_path / "annotations"
+    assert again.cases.choices == (case.name,)
+
+
+def test_fine_tune_writes_a_checkpoint_and_swaps_the_model(
+    qtbot, viewer_with_sample, tiny_checkpoint, tmp_path
+):
+    viewer = viewer_with_sample
+    seg = prepared_widget(viewer, tiny_checkpoint)
+    fine = FineTuneWidget(viewer, segment_widget=seg)
+    fine.folder.value = tmp_path / "annotations"
+    _add_cases(qtbot, viewer, seg, fine, 3)
+    fine.epochs.value, fine.val_share.value = 2, 0.34
+    with TickRecorder() as ticks:
+        worker = fine.start()
+        assert worker is not None
+        qtbot.waitUntil(lambda: fine.worker is None, timeout=180_000)
+    print(f"\nlongest event-loop gap while fine-tuning: {ticks.max_gap * 1000:.0f} ms")
+    assert ticks.max_gap < 0.2
+    assert fine.last_checkpoint is not None and fine.last_checkpoint.is_file()
+    assert fine.last_checkpoint.with_suffix(".json").is_file()
+    assert fine.last_checkpoint.parent == tmp_path / "annotations" / "models"
+    assert tiny_checkpoint.is_file()  # the previous model stays for rollback
+    assert seg.model.value == CHECKPOINT and Path(seg.checkpoint.value) == fine.last_checkpoint
+    assert "->" in fine.status.value  # before/after validation Dice
+    segment_and_wait(qtbot, seg)
+    assert seg.models.checkpoint == fine.last_checkpoint
+
+
+def test_cancel_stops_and_keeps_the_previous_model(qtbot, viewer_with_sample, tiny_checkpoint, tmp_path):
+    viewer = viewer_with_sample
+    seg = prepared_widget(viewer, tiny_checkpoint)
+    fine = FineTuneWidget(viewer, segment_widget=seg)
+    fine.folder.value = tmp_path / "annotations"
+    _add_cases(qtbot, viewer, seg, fine, 2)
+    fine.epochs.value = 500
+    started = time.perf_counter()
+    fine.start()
+    qtbot.waitUntil(lambda: fine.trainer is not None, timeout=60_000)
+    fine.cancel()
+    qtbot.waitUntil(lambda: fine.worker is None, timeout=60_000)
+    assert time.perf_counter() - started < 60
+    assert fine.last_checkpoint is None
+    assert not (tmp_path / "annotations" / "models").exists()
+    assert Path(seg.checkpoint.value) == tiny_checkpoint
+    assert "Cancelled" in fine.status.value
