@@ -1,0 +1,130 @@
+"""`causalseg` as a user runs it: the happy path end to end, and every error as one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_causalseg.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "synth"
+    assert main(["synth", str(root), "--count", "12", "--seed", "4"]) == 0
+    return root
+
+
+@pytest.mark.slow
+def test_train_evaluate_segment_info(capsys, synth_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    rc, out, err = run(capsys, "train", str(synth_dir), "--out", str(run_dir), "--model", "tiny",
+                       "--pretrained", "none", "--epochs", "2", "--batch-size", "2",
+                       "--steps-per-epoch", "2", "--lr", "1e-3", "--device", "cpu")
+    assert rc == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stopped"] == "max_epochs" and summary["epochs"] == 2
+    for name in ("best.safetensors", "best.json", "last.safetensors", "last.json",
+                 "last.state.safetensors", "metrics.jsonl"):
+        assert (run_dir / name).is_file(), name
+    assert "epoch 2:" in err and "val Dice per-image=" in err
+
+    # resume for one more epoch
+    rc, out, err = run(capsys, "train", str(synth_dir), "--out", str(run_dir), "--resume",
+                       "--epochs", "3", "--batch-size", "2", "--steps-per-epoch", "2", "--lr", "1e-3",
+                       "--device", "cpu")
+    assert rc == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["epochs"] == 3
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 3
+
+    rc, out, err = run(capsys, "evaluate", str(synth_dir), "--checkpoint", str(run_dir / "best.safetensors"),
+                       "--device", "cpu")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["split"] == "test" and report["per_image"]["n"] == len(report["cases"]) > 0
+    assert "per-image" in report["per_image"]["convention"] and report["global"]["dice"] is not None
+
+    image = synth_dir / "Test_Folder" / "img"
+    first = sorted(image.iterdir())[0]
+    big = tmp_path / "big.png"
+    Image.open(first).resize((300, 260)).save(big)
+    rc, out, err = run(capsys, "segment", str(first), str(big), "--note",
+                       "Unilateral pulmonary infection, one infected area, lower right lung.",
+                       "--checkpoint", str(run_dir / "best.safetensors"), "--out", str(tmp_path / "masks"),
+                       "--device", "cpu")
+    assert rc == 0, err
+    results = json.loads(out)["results"]
+    mask = np.asarray(Image.open(results[1]["mask"]))
+    conf = np.asarray(Image.open(results[1]["confounders"]))
+    assert mask.shape == conf.shape == (260, 300)
+    assert set(np.unique(mask)) <= {0, 255}
+
+    rc, out, err = run(capsys, "info", "--checkpoint", str(run_dir / "best.safetensors"))
+    info = json.loads(out)
+    assert info["config"]["name"] == "tiny" and info["parameters"] > 1_000_000
+    assert info["provenance"]["train_config"]["lr"] == 1e-3
+    assert info["provenance"]["data"]["layout"] == "lvit"
+
+
+def test_info_for_the_paper_model(capsys):
+    rc, out, _ = run(capsys, "info", "--model", "rn101")
+    assert rc == 0
+    info = json.loads(out)
+    assert info["parameters"] == 166_902_278
+    assert info["config"]["text"]["context_length"] == 20
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "/no/such/folder", "--out", "x"], "data folder not found: /no/such/folder"),
+        (["info", "--model", "rn50"], "unknown model configuration 'rn50'; choose one of ['rn101', 'tiny']"),
+        (["segment", "/no/image.png", "--note", "x", "--out", "o"], "image not found: /no/image.png"),
+        (["info", "--checkpoint", "/no/ckpt.safetensors"], "checkpoint not found"),
+    ],
+)
+def test_errors_are_one_clear_line(capsys, argv, message):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 1
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_data_and_note_errors(capsys, synth_dir, tmp_path):
+    corrupt = tmp_path / "bad.safetensors"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    rc, _, err = run(capsys, "evaluate", str(synth_dir), "--checkpoint", str(corrupt))
+    assert rc == 1 and "truncated or corrupt" in err
+    image = sorted((synth_dir / "Test_Folder" / "img").iterdir())[0]
+    from napari_causalseg.engine import CausalCLIPSeg, get_config, save_checkpoint
+
+    ckpt = tmp_path / "tiny.safetensors"
+    save_checkpoint(ckpt, CausalCLIPSeg(get_config("tiny")))
+    rc, _, err = run(capsys, "segment", str(image), "--note", "  ", "--checkpoint", str(ckpt),
+                     "--out", str(tmp_path / "o"), "--device", "cpu")
+    assert rc == 1 and "the note is empty" in err
+    rc, _, err = run(capsys, "train", str(tmp_path), "--out", str(tmp_path / "r"), "--model", "tiny")
+    assert rc == 1 and "error:" in err and "Traceback" not in err
+    rc, _, err = run(capsys, "train", str(synth_dir), "--out", str(tmp_path / "none"), "--resume")
+    assert rc == 1 and "no " in err and "last.safetensors" in err
+
+
+def test_usage_errors_exit_2():
+    out = subprocess.run([sys.executable, "-m", "napari_causalseg.cli", "train"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "usage:" in out.stderr and "required" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "napari_causalseg.cli", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "segment" in out.stdout
