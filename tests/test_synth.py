@@ -380,7 +380,7 @@ def test_write_lvit_dataset_layout(tmp_path):
             assert np.array_equal(mk, case.mask)
             img = np.asarray(Image.open(root / folder / "img" / mask_name[5:]))
             assert np.array_equal(img, case.image)
-    assert not list(root.rglob("*.tmp"))
+    assert not [p for p in root.rglob("*") if p.name.startswith(".")]  # no temporary files
 
 
 def test_write_lvit_dataset_is_byte_reproducible(tmp_path):

@@ -1,10 +1,16 @@
-"""Write-then-rename, so a crash or a cancel never leaves a half-written file."""
+"""Write-then-rename, so a crash or a cancel never leaves a half-written file.
+
+The temporary file sits beside the target (same file system, so the rename is atomic),
+is fsync'ed before the rename, gets the umask's mode like a directly written file
+(not tempfile's private 0o600), and keeps the mode of a file it replaces.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import stat
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,15 +20,19 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; it replaces `target` only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.part"
+    with open(tmp, "xb"):
+        pass  # reserve the name with the umask's mode
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if target.exists():
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+        os.replace(tmp, target)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write(target: str | Path, write: Callable[[Path], None]) -> Path:
@@ -30,6 +40,10 @@ def atomic_write(target: str | Path, write: Callable[[Path], None]) -> Path:
     with atomic_path(target) as tmp:
         write(tmp)
     return Path(target)
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
+    return atomic_write(target, lambda p: p.write_bytes(data))
 
 
 def atomic_write_text(target: str | Path, text: str) -> Path:

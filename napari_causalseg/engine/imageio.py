@@ -17,17 +17,16 @@ Conventions
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import stat
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic import atomic_write
 
 __all__ = [
     "DICOM_EXTENSIONS",
@@ -525,23 +524,11 @@ def write_mask(path: PathLike, mask: np.ndarray) -> str:
     if not parent.is_dir():
         raise FileNotFoundError(f"{p}: directory {parent} does not exist")
 
-    tmp = parent / f".{p.name}.{uuid.uuid4().hex[:12]}.tmp"
-    # open("xb") lets the umask decide the mode, like writing the file directly;
-    # tempfile's 0o600 would silently make the final mask private.
-    fh = open(tmp, "xb")  # noqa: SIM115 -- closed by the with below, before the rename
-    try:
-        with fh:
+    def encode(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             _encode_mask(fh, arr, ext)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if p.exists():  # keep the permissions of the file being replaced
-            with contextlib.suppress(OSError):
-                os.chmod(tmp, stat.S_IMODE(os.stat(p).st_mode))
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(p, encode)
     return str(p)
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from ..notes import SIDES, ZONES, laterality, make_note, sorted_zones
 
 SPLITS = ("train", "val", "test")
@@ -743,18 +744,6 @@ def generate(
 # --------------------------------------------------------------------------- LViT writer
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary sibling, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _png_bytes(a: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -831,16 +820,16 @@ def write_lvit_dataset(
         for i in range(counts[split]):
             case = synth_case(case_rng(seed, split, i), cfg, split)
             name = f"synth_{done:06d}.png"
-            _atomic_write(folder / "img" / name, _png_bytes(case.image))
+            atomic_write_bytes(folder / "img" / name, _png_bytes(case.image))
             mask = np.where(case.mask, 255, 0).astype(np.uint8)
-            _atomic_write(folder / "labelcol" / f"mask_{name}", _png_bytes(mask))
+            atomic_write_bytes(folder / "labelcol" / f"mask_{name}", _png_bytes(mask))
             rows[split].append((f"mask_{name}", case.note))
             done += 1
             if progress is not None:
                 progress(done, total)
-    _atomic_write(
+    atomic_write_bytes(
         root / LVIT_FOLDERS["train"] / "Train_Val_text.xlsx",
         _xlsx_bytes(rows["train"] + rows["val"]),
     )
-    _atomic_write(root / LVIT_FOLDERS["test"] / "Test_text.xlsx", _xlsx_bytes(rows["test"]))
+    atomic_write_bytes(root / LVIT_FOLDERS["test"] / "Test_text.xlsx", _xlsx_bytes(rows["test"]))
     return root
