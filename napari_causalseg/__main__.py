@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     viewer.open_sample("napari-causalseg", "synthetic_chest_xray")
     segment = SegmentWidget(viewer)
     finetune = FineTuneWidget(viewer, segment_widget=segment)
-    viewer.window.add_dock_widget(segment, name="Segment from note", area="right")
+    segment_dock = viewer.window.add_dock_widget(segment, name="Segment from note", area="right")
     viewer.window.add_dock_widget(finetune, name="Fine-tune", area="right", tabify=True)
-    segment.native.parentWidget().raise_()
+    segment_dock.raise_()  # the tab a new user needs first
     if args.screenshot:
         return _screenshot_and_quit(viewer, segment, args.screenshot)
     napari.run()
