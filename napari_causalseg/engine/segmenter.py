@@ -1,8 +1,9 @@
 """Inference for people: an image and a note in, mask, probability and confounder map out.
 
 Image features are cached per (image bytes, preprocessing, model); a new note on the
-same image reruns only the text encoder and the note-dependent dynamic convolution of
-D_c. Text features are cached per normalised note.
+same image reruns only the text encoder and D_c's note-dependent part, one KxK conv
+C->1 (the 1x1 conv folded into the text kernel, see decoder.py). Only D_c runs: D_s is
+a training device. Text features are cached per normalised note.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class SegmenterConfig:
 class ImageFeatures:
     """The note-independent part of one image's forward pass."""
 
-    pixels: torch.Tensor  # D_c's full-resolution visual features (1, C, S, S)
+    pixels: torch.Tensor  # D_c's note-independent features (1, C, S, S), channels-last
     confounder: torch.Tensor  # fused 1 - M (1, 1, S/16, S/16)
     shape: tuple[int, int]  # the original image's (H, W)
 
@@ -127,7 +128,7 @@ class Segmenter:
                 return cached
             tensor = prepare_image(image, self.preprocess).to(self.device)
             feats = self.model.encode_image(tensor)
-            pixels = self.model.causal_decoder.visual(feats.causal)
+            pixels = self.model.causal_decoder.features(feats.causal)
             result = ImageFeatures(pixels, feats.confounder_map(), tuple(image.shape[:2]))
         self.image_cache.put(key, result)
         return result
@@ -148,7 +149,7 @@ class Segmenter:
         tau, tokens = self.text_feature(note)
         feats = self.image_features(image)
         with self._lock, torch.inference_mode():
-            logits = self.model.causal_decoder.dynamic(feats.pixels, tau)
+            logits = self.model.causal_decoder.logits(feats.pixels, tau)
             probability = torch.sigmoid(resize_to(logits.float(), feats.shape))[0, 0]
             confounder = resize_to(feats.confounder.float(), feats.shape)[0, 0].clamp(0, 1)
         prob = probability.cpu().numpy()

@@ -220,7 +220,7 @@ class FineTuneWidget(Container):
             return None
         self._cancel_requested = False
 
-        @thread_worker
+        @thread_worker(ignore_errors=True)  # errors are shown by our own handlers
         def work():
             widget.models.get(source, device)
             start = widget.models.checkpoint

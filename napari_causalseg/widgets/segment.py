@@ -238,7 +238,7 @@ class SegmentWidget(Container):
             return None  # first-use demo training or a download waits for an explicit Segment
         on_event = self._progress_handler()
 
-        @thread_worker
+        @thread_worker(ignore_errors=True)  # errors are shown by our own handlers
         def work():
             self.models.get(source, device, on_progress=on_event).image_features(image)
 
@@ -263,7 +263,7 @@ class SegmentWidget(Container):
         device, threshold = self.device.value, self.threshold.value
         on_event = self._progress_handler()
 
-        @thread_worker
+        @thread_worker(ignore_errors=True)  # errors are shown by our own handlers
         def work():
             return self.models.get(source, device, on_progress=on_event).segment(image, note, threshold)
 

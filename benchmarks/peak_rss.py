@@ -1,0 +1,83 @@
+"""Peak resident memory of interactive inference, measured in a fresh process.
+
+Run by run.py as a child so that nothing else (the reference model, training) has
+touched this process's memory. It builds the model (random weights), a Segmenter, and
+does one first prompt on a new image plus re-prompts with new notes, then prints one
+JSON object with the process's peak RSS (VmHWM: interpreter, imported libraries, model
+weights, activations, one cached image feature) and the RSS at each stage. VmHWM and
+not ru_maxrss: on Linux the latter carries over the parent's peak across fork + exec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+from pathlib import Path
+
+
+def _status(field: str) -> float | None:
+    """A memory field of /proc/self/status in MiB (Linux), None elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float:
+    return _status("VmRSS") or float("nan")
+
+
+def peak_mb() -> float:
+    peak = _status("VmHWM")
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="rn101")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--reprompts", type=int, default=5)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.notes import notes_for
+    from napari_causalseg.engine import CausalCLIPSeg, Segmenter, SegmenterConfig, get_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stages = {"after_import": rss_mb()}  # torch, open_clip (and with it torchvision)
+    torch.manual_seed(0)
+    cfg = get_config(args.config)
+    model = CausalCLIPSeg(cfg)
+    stages["after_model"] = rss_mb()
+    seg = Segmenter(model, SegmenterConfig(device="cpu"))
+    image = np.random.default_rng(0).integers(0, 255, (cfg.image_size,) * 2, dtype=np.uint8)
+    notes = notes_for(seg.tokenizer, args.reprompts + 1)
+    seg.segment(image, notes[0])
+    stages["after_first_prompt"] = rss_mb()
+    for note in notes[1:]:
+        seg.segment(image, note)
+    stages["after_reprompts"] = rss_mb()
+    print(json.dumps({
+        "peak_rss_mb": round(peak_mb(), 1),
+        "rss_mb": {k: round(v, 1) for k, v in stages.items()},
+        "parameters_mb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1),
+        "cached_image_features_mb": round(seg.image_cache.total_cost / 2**20, 1),
+        "config": args.config,
+        "threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

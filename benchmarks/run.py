@@ -1,0 +1,516 @@
+"""Speed of the restructured decoder against the straightforward reference, in one run.
+
+    python benchmarks/run.py          # prints a report, writes benchmarks/RESULTS.md
+    python benchmarks/run.py --json   # prints one JSON object instead (still writes the file)
+
+Both models hold the same random weights (no downloads needed): the production
+`CausalCLIPSeg` and the oracle of tests/reference.py (upsample, then convolve, at full
+resolution, both decoders, as the method describes). Every ratio is taken between numbers
+measured in this run, with the two models' measurements interleaved so that a change in
+machine load hits both. Measured on the CPU for the `rn101` configuration at 224x224:
+
+1. first-prompt latency: `Segmenter.segment` on a new image with a new note (pre-
+   processing, both encoders, D_c's visual path, the note's conv, sigmoid, resize);
+2. re-prompt latency: the same image with a new note (text encoder + one conv);
+3. training step time per image at batch 4 (Adam, the adversarial objective, both
+   decoders), via `causal_objective` exactly as the Trainer calls it;
+4. peak resident memory of inference, in a fresh child process (benchmarks/peak_rss.py).
+
+With CUDA, it adds bf16 inference and training throughput (images/s) for both models.
+Nothing here is a unit test; tests/test_fast_decoder.py checks the equivalence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.notes import notes_for  # noqa: E402
+from napari_causalseg.engine import (  # noqa: E402
+    CausalCLIPSeg,
+    NoteTokenizer,
+    Segmenter,
+    SegmenterConfig,
+    get_config,
+)
+from napari_causalseg.engine.objective import causal_objective  # noqa: E402
+from tests.reference import reference_from  # noqa: E402
+
+TARGETS = {
+    "first_prompt_ratio": 0.25,  # first prompt / reference forward, at most
+    "reprompt_s": 0.040,  # median on 2 cores, at most
+    "train_speedup": 3.0,  # reference step / fast step, at least
+    "peak_rss_mb": 1500.0,  # 1.5 GB, at most
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# machine ----------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return commit + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+        if hasattr(os, "sysconf") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": git_commit(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# timing -----------------------------------------------------------------------------
+def clock(fn: Callable[[], Any], sync: Callable[[], None] = lambda: None) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def summary(samples: list[float]) -> dict[str, Any]:
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "samples": [round(s, 4) for s in samples],
+    }
+
+
+# models -----------------------------------------------------------------------------
+def build_models(config: str, seed: int = 0) -> tuple[CausalCLIPSeg, torch.nn.Module]:
+    """Random weights, with non-trivial BatchNorm statistics in the decoders (so that
+    eval-mode folding is exercised), and the reference holding a copy of them."""
+    torch.manual_seed(seed)
+    model = CausalCLIPSeg(get_config(config)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for dec in (model.causal_decoder, model.confounding_decoder):
+            for m in dec.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    c = m.num_features
+                    m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                    m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    return model, reference_from(model).eval()
+
+
+def inputs(tokenizer: NoteTokenizer, batch: int, size: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, size, size, generator=g)
+    tokens = tokenizer(notes_for(tokenizer, batch))
+    masks = (torch.rand(batch, 1, size, size, generator=g) > 0.7).float()
+    return images, tokens, masks
+
+
+def equivalence(model, ref, tokenizer, size: int) -> dict[str, Any]:
+    """Max |fast - reference| of both decoders' logits, eval (batch 1) and train (batch 2)
+    mode; BN running statistics are restored after the train-mode pass."""
+    result = {}
+    for mode, batch in (("eval", 1), ("train", 2)):
+        images, tokens, _ = inputs(tokenizer, batch, size, seed=1)
+        saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in (model, ref)]
+        model.train(mode == "train"), ref.train(mode == "train")
+        with torch.no_grad():
+            a, b = model(images, tokens), ref(images, tokens)
+        diff = max((a.causal_logits - b.causal_logits).abs().max().item(),
+                   (a.confounding_logits - b.confounding_logits).abs().max().item())
+        scale = max(b.causal_logits.abs().max().item(), b.confounding_logits.abs().max().item())
+        result[mode] = {"max_abs_diff": diff, "logit_scale": scale, "relative": diff / scale}
+        for m, state in zip((model, ref), saved):
+            m.load_state_dict(state)
+            m.eval()
+    return result
+
+
+# CPU measurements -------------------------------------------------------------------
+def bench_inference(model, ref, size: int, repeats: int, reprompts: int) -> dict[str, Any]:
+    seg = Segmenter(model, SegmenterConfig(device="cpu"))
+    notes = iter(notes_for(seg.tokenizer, repeats + reprompts + 12))
+    rng = np.random.default_rng(0)
+
+    def new_image() -> np.ndarray:
+        return rng.integers(0, 255, (size, size), dtype=np.uint8)
+
+    images, tokens, _ = inputs(seg.tokenizer, 1, size, seed=2)
+
+    def ref_forward() -> None:
+        with torch.inference_mode():
+            ref(images, tokens)  # the authors' model: both decoders, always
+
+    def ref_forward_causal() -> None:
+        with torch.inference_mode():
+            ref(images, tokens, with_confounding=False)
+
+    # warm-up: first calls pay for kernel selection and allocator growth
+    for _ in range(2):
+        seg.segment(new_image(), next(notes))
+        ref_forward()
+    first, ref_s, ref_causal_s = [], [], []
+    for _ in range(repeats):  # interleaved, so that load changes hit both
+        ref_s.append(clock(ref_forward))
+        image, note = new_image(), next(notes)
+        first.append(clock(lambda image=image, note=note: seg.segment(image, note)))
+    for _ in range(max(2, repeats // 2)):
+        ref_causal_s.append(clock(ref_forward_causal))
+    known = note  # a new image with the note already typed for the previous one
+    first_known = []
+    for _ in range(3):
+        image = new_image()
+        first_known.append(clock(lambda image=image: seg.segment(image, known)))
+    log(f"  reference forward {statistics.median(ref_s):.3f} s, first prompt {statistics.median(first):.3f} s")
+
+    image = new_image()
+    seg.segment(image, next(notes))
+    reprompt = [clock(lambda note=note: seg.segment(image, note)) for note in
+                (next(notes) for _ in range(reprompts))]
+    # where a re-prompt's time goes: a new note's text feature, then the rest
+    text_s, rest_s = [], []
+    for _ in range(5):
+        note = next(notes)
+        text_s.append(clock(lambda note=note: seg.text_feature(note)))
+        rest_s.append(clock(lambda note=note: seg.segment(image, note)))
+    image2 = new_image()
+    features_s = clock(lambda: seg.image_features(image2))
+    log(f"  re-prompt {statistics.median(reprompt) * 1e3:.1f} ms")
+    return {
+        "first_prompt": summary(first),
+        "first_prompt_known_note": summary(first_known),
+        "reference_forward": summary(ref_s),
+        "reference_forward_causal_only": summary(ref_causal_s),
+        "reprompt": summary(reprompt),
+        "reprompt_text_encoder": summary(text_s),
+        "reprompt_without_text": summary(rest_s),
+        "image_features_once_s": features_s,
+    }
+
+
+def train_step_fn(model, tokenizer, batch: int, size: int, lam: float = 0.05):
+    images, tokens, masks = inputs(tokenizer, batch, size, seed=3)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-5)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        terms = causal_objective(model, images, tokens, masks, lam)
+        terms.backward.backward()
+        opt.step()
+
+    return step, opt
+
+
+def bench_training(model, ref, tokenizer, size: int, batch: int, rounds: int) -> dict[str, Any]:
+    model.train(), ref.train()
+    fast_step, fast_opt = train_step_fn(model, tokenizer, batch, size)
+    ref_step, ref_opt = train_step_fn(ref, tokenizer, batch, size)
+    fast_step(), ref_step()  # warm-up (and Adam's state allocation)
+    fast, slow = [], []
+    for _ in range(rounds):  # interleaved
+        slow.append(clock(ref_step) / batch)
+        fast.extend(clock(fast_step) / batch for _ in range(2))
+        log(f"  train step per image: reference {slow[-1]:.2f} s, fast {fast[-1]:.3f} s")
+    model.eval(), ref.eval()
+    del fast_opt, ref_opt
+    return {"train_step_per_image": summary(fast), "reference_train_step_per_image": summary(slow),
+            "batch": batch}
+
+
+def bench_peak_rss(config: str, threads: int) -> dict[str, Any]:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "peak_rss.py"), "--config", config,
+           "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# accelerator ------------------------------------------------------------------------
+def bench_accelerator(config: str, size: int, device: str, seconds: float = 3.0,
+                      infer_batch: int = 32, train_batch: int = 8) -> dict[str, Any]:
+    """bf16 autocast throughput of both models on `device` (images/s)."""
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
+    model, ref = build_models(config)
+    model, ref = model.to(dev), ref.to(dev)
+    tokenizer = NoteTokenizer(model.config.text.context_length)
+    result: dict[str, Any] = {"device": name, "dtype": "bfloat16 (autocast)",
+                              "infer_batch": infer_batch, "train_batch": train_batch}
+
+    def throughput(fn: Callable[[], None], batch: int) -> float:
+        fn(), fn()
+        n, elapsed = 0, 0.0
+        while elapsed < seconds or n < 3:
+            elapsed += clock(fn, sync)
+            n += 1
+        return n * batch / elapsed
+
+    images, tokens, _ = inputs(tokenizer, infer_batch, size, seed=4)
+    images, tokens = images.to(dev), tokens.to(dev)
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():  # fp32 agreement on this device (no TF32), for the record
+        a = model(images[:2], tokens[:2]).causal_logits
+        b = ref(images[:2], tokens[:2]).causal_logits
+        result["fp32_max_abs_diff"] = (a - b).abs().max().item()
+        result["fp32_logit_scale"] = b.abs().max().item()
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+    def infer(m, **kw) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
+                m(images, tokens, **kw)
+        return run
+
+    result["inference_images_per_s"] = throughput(infer(model, with_confounding=False), infer_batch)
+    result["reference_inference_images_per_s"] = throughput(infer(ref), infer_batch)
+    log(f"  {name}: inference {result['inference_images_per_s']:.1f} img/s, "
+        f"reference {result['reference_inference_images_per_s']:.1f} img/s")
+
+    def train(m) -> Callable[[], None]:
+        m.train()
+        imgs, toks, masks = (t.to(dev) for t in inputs(tokenizer, train_batch, size, seed=5))
+        opt = torch.optim.Adam(m.parameters(), lr=3e-5)
+
+        def run() -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                terms = causal_objective(m, imgs, toks, masks, 0.05)
+            terms.backward.backward()
+            opt.step()
+        return run
+
+    result["train_images_per_s"] = throughput(train(model), train_batch)
+    result["reference_train_images_per_s"] = throughput(train(ref), train_batch)
+    log(f"  {name}: training {result['train_images_per_s']:.1f} img/s, "
+        f"reference {result['reference_train_images_per_s']:.1f} img/s")
+    return result
+
+
+# report -----------------------------------------------------------------------------
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def render(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `python benchmarks/run.py` on {m['date']}, commit `{m['commit']}`.",
+        "",
+        (f"- Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs ({m['logical_cpus']} logical), "
+        f"{m['memory_gb']} GB RAM; torch {m['torch']} with {m['torch_threads']} threads; "
+        f"Python {m['python']}; {m['platform']}."),
+        (f"- Load average (1/5/15 min) at start {m['load_average_at_start']}, at end "
+        f"{m.get('load_average_at_end')}: other processes on the machine slow both models."),
+        (f"- Model: `{r['config']}` with random weights at {r['size']}x{r['size']}, CPU, float32. "
+        "Reference = tests/reference.py (upsample then convolve at full resolution, both "
+        "decoders, as the method describes) holding the same weights, measured in the same run, "
+        "interleaved with the fast model."),
+        "",
+    ]
+    if "first_prompt_s" in r:
+        ratio = r["first_prompt_s"] / r["reference_forward_s"]
+        speedup = r["reference_train_step_per_image_s"] / r["train_step_per_image_s"]
+        inf, tr = r["details"]["inference"], r["details"]["training"]
+        lines += [
+            "| measurement | fast | reference | target | |",
+            "|---|---|---|---|---|",
+            (f"| 1. first prompt on a new image (median of {len(inf['first_prompt']['samples'])}) | "
+            f"{r['first_prompt_s'] * 1e3:.0f} ms | forward {r['reference_forward_s'] * 1e3:.0f} ms "
+            f"| <= 0.25x reference forward | {ratio:.3f}x, {verdict(ratio <= TARGETS['first_prompt_ratio'])} |"),
+            (f"| 2. re-prompt, same image, new note (median of {len(inf['reprompt']['samples'])}) | "
+            f"{r['reprompt_s'] * 1e3:.1f} ms | (a full forward) | <= 40 ms | "
+            f"{verdict(r['reprompt_s'] <= TARGETS['reprompt_s'])} |"),
+            (f"| 3. training step per image, batch {tr['batch']} (median) | "
+            f"{r['train_step_per_image_s']:.3f} s | {r['reference_train_step_per_image_s']:.2f} s | "
+            f">= 3x faster | {speedup:.1f}x, {verdict(speedup >= TARGETS['train_speedup'])} |"),
+            (f"| 4. peak RSS of inference (fresh process) | {r['peak_rss_mb']:.0f} MiB | | <= 1.5 GB | "
+            f"{verdict(r['peak_rss_mb'] <= TARGETS['peak_rss_mb'])} |"),
+            "",
+            "Details (seconds unless noted; min / median):",
+            "",
+            (f"- Reference forward, both decoders: {inf['reference_forward']['min']:.3f} / "
+            f"{inf['reference_forward']['median']:.3f}; D_c only: "
+            f"{inf['reference_forward_causal_only']['min']:.3f} / "
+            f"{inf['reference_forward_causal_only']['median']:.3f}."),
+            (f"- First prompt (`Segmenter.segment`, new image, new note; preprocessing, both "
+            f"encoders, D_c's visual path, the note's conv, sigmoid, resize): "
+            f"{inf['first_prompt']['min']:.3f} / {inf['first_prompt']['median']:.3f}; "
+            f"a new image with a note already encoded: "
+            f"{inf['first_prompt_known_note']['min']:.3f} / {inf['first_prompt_known_note']['median']:.3f}."),
+            (f"- Re-prompt: {inf['reprompt']['min'] * 1e3:.1f} / {inf['reprompt']['median'] * 1e3:.1f} ms, "
+            f"of which the new note's text encoder {inf['reprompt_text_encoder']['median'] * 1e3:.1f} ms "
+            f"and the rest (folded KxK conv C->1, sigmoid, resize, numpy) "
+            f"{inf['reprompt_without_text']['median'] * 1e3:.1f} ms."),
+            (f"- Training (Adam, L_c + L_s through the gradient reversal, both decoders, batch "
+            f"{tr['batch']}): per image {tr['train_step_per_image']['min']:.3f} / "
+            f"{tr['train_step_per_image']['median']:.3f} fast, "
+            f"{tr['reference_train_step_per_image']['min']:.2f} / "
+            f"{tr['reference_train_step_per_image']['median']:.2f} reference."),
+            (f"- Peak RSS: VmHWM (peak resident set) of a fresh child process that imports torch, builds the "
+            f"model ({r['details']['peak_rss']['parameters_mb']:.0f} MiB of float32 parameters), "
+            f"runs one first prompt and {5} re-prompts and holds one cached image feature "
+            f"({r['details']['peak_rss']['cached_image_features_mb']:.0f} MiB). RSS by stage (MiB): "
+            f"{r['details']['peak_rss']['rss_mb']}."),
+            (f"  Before any inference the process already holds "
+             f"{r['details']['peak_rss']['rss_mb']['after_model']:.0f} MiB: importing torch (this "
+             f"venv has the CUDA build) and open_clip, which imports torchvision, takes "
+             f"{r['details']['peak_rss']['rss_mb']['after_import']:.0f} MiB, the float32 weights the "
+             f"rest; inference adds {r['peak_rss_mb'] - r['details']['peak_rss']['rss_mb']['after_model']:.0f} MiB "
+             "(activations, the cached 256x224x224 features, reused scratch buffers)."),
+            "",
+        ]
+    eq = r["details"].get("equivalence")
+    if eq:
+        lines += [
+            "Equivalence in this run (same weights, max |fast - reference| over both decoders' logits):",
+            "",
+            *(f"- {mode}: {v['max_abs_diff']:.2e} at logit scale {v['logit_scale']:.3g} "
+              f"(relative {v['relative']:.1e}; tolerance 1e-4)" for mode, v in eq.items()),
+            "",
+        ]
+    gpu = r.get("gpu")
+    lines += ["## Accelerator", ""]
+    if isinstance(gpu, dict):
+        lines += [
+            (f"{gpu['device']}, {gpu['dtype']}; inference batch {gpu['infer_batch']} "
+            f"(fast: D_c only; reference: both decoders), training batch {gpu['train_batch']} "
+            "(Adam, both decoders)."),
+            "",
+            "| | fast | reference |",
+            "|---|---|---|",
+            (f"| inference, images/s | {gpu['inference_images_per_s']:.1f} | "
+            f"{gpu['reference_inference_images_per_s']:.1f} |"),
+            (f"| training, images/s | {gpu['train_images_per_s']:.1f} | "
+            f"{gpu['reference_train_images_per_s']:.1f} |"),
+            "",
+            (f"fp32 max |fast - reference| on this device: {gpu['fp32_max_abs_diff']:.2e} at logit "
+            f"scale {gpu['fp32_logit_scale']:.3g}."),
+        ]
+    else:
+        lines += [str(gpu)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--config", default="rn101")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: usable CPUs)")
+    parser.add_argument("--repeats", type=int, default=7, help="first-prompt / reference-forward pairs")
+    parser.add_argument("--reprompts", type=int, default=20)
+    parser.add_argument("--train-rounds", type=int, default=2, help="rounds of 1 reference + 2 fast steps")
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--accelerator", default="cuda", help="device for the bf16 throughput part")
+    parser.add_argument("--accel-seconds", type=float, default=3.0, help="time per throughput figure")
+    parser.add_argument("--accel-batch", type=int, nargs=2, default=(32, 8), metavar=("INFER", "TRAIN"))
+    parser.add_argument("--skip-cpu", action="store_true", help="only the accelerator part")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = parser.parse_args(argv)
+
+    try:
+        threads = args.threads or len(os.sched_getaffinity(0))
+    except AttributeError:
+        threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    results: dict[str, Any] = {"config": args.config, "size": args.size, "machine": machine_info(),
+                               "details": {}}
+    results["device"] = f"cpu: {results['machine']['cpu']} ({threads} threads)"
+    if not args.skip_cpu:
+        log(f"building {args.config} and its reference ...")
+        model, ref = build_models(args.config)
+        tokenizer = NoteTokenizer(model.config.text.context_length)
+        log("equivalence ...")
+        eq = equivalence(model, ref, tokenizer, args.size)
+        log("inference ...")
+        inf = bench_inference(model, ref, args.size, args.repeats, args.reprompts)
+        log("training ...")
+        tr = bench_training(model, ref, tokenizer, args.size, args.train_batch, args.train_rounds)
+        del model, ref
+        log("peak RSS (child process) ...")
+        rss = bench_peak_rss(args.config, threads)
+        results["details"].update(equivalence=eq, inference=inf, training=tr, peak_rss=rss)
+        results.update(
+            first_prompt_s=inf["first_prompt"]["median"],
+            reprompt_s=inf["reprompt"]["median"],
+            train_step_per_image_s=tr["train_step_per_image"]["median"],
+            peak_rss_mb=rss["peak_rss_mb"],
+            reference_forward_s=inf["reference_forward"]["median"],
+            reference_train_step_per_image_s=tr["reference_train_step_per_image"]["median"],
+            max_abs_diff=eq["eval"]["max_abs_diff"],
+            max_abs_diff_train=eq["train"]["max_abs_diff"],
+            logit_scale=eq["eval"]["logit_scale"],
+        )
+    accel = torch.device(args.accelerator)
+    if accel.type == "cuda" and not torch.cuda.is_available():
+        results["gpu"] = "Skipped: CUDA is not available on this machine (no bf16 throughput numbers)."
+    else:
+        log(f"accelerator ({args.accelerator}) ...")
+        results["gpu"] = bench_accelerator(args.config, args.size, args.accelerator,
+                                           args.accel_seconds, *args.accel_batch)
+        results["device"] += f"; {args.accelerator}: {results['gpu']['device']}"
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report = render(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(report)
+    log(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

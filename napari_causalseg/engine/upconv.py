@@ -1,0 +1,300 @@
+"""conv3x3(bilinear_x4(x)) computed at low resolution: the decoder's hot spot, restructured.
+
+Why this is exact and not an approximation: channel mixing commutes with bilinear
+upsampling (both are linear), so a 3x3 convolution after upsampling is nine 1x1 channel
+mixings at low resolution (one per tap), each followed by the upsampling and a one-pixel
+shift (with the convolution's zero padding). Bilinear upsampling is separable, and
+"upsample, then shift by d" is a fixed matrix per axis, so the whole layer is
+
+    T[kx] = x @ W[..., kx]          3 GEMMs at low resolution, columns (ky, C_out)
+    Z = A_col @ T                   width: (W, 3w) @ (3w, b*h*3*C_out), one GEMM
+    out = A_row @ Z (per image)     height: (H, 3h) @ (3h, W*C_out), the sum over ky
+
+The interpolation matrices come from `F.interpolate` applied to an identity, so they
+are PyTorch's own bilinear weights (border clamping included). A_row is banded, so it is
+applied in a few row groups that skip its zero columns. For the 512->256 layer at 224 px
+this is ~5.9 GMAC instead of 59, and the full-resolution tensor is written once. The
+backward pass is the same restructuring transposed; in training, BatchNorm then sees this
+output, which equals conv(up(x)) up to float rounding.
+
+Layout: the input is channels-last (B, h, w, C_in) and the output (B, 4h, 4w, C_out);
+only Z is transposed once between the two products. All work is in a handful of large
+GEMMs: many small ones (a batched matmul is a loop on the CPU) fall apart when other
+processes compete for the cores.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SCALE = 4  # the decoder's bilinear factor; the only one implemented
+
+
+def interpolation_matrix(n: int, scale: int) -> torch.Tensor:
+    """(scale*n, n) float64 matrix of `F.interpolate(mode='linear', align_corners=False)`."""
+    eye = torch.eye(n, dtype=torch.float64)[None]  # n signals of length n
+    return F.interpolate(eye, scale_factor=scale, mode="linear", align_corners=False)[0].T
+
+
+def shifted_taps(n: int, scale: int) -> torch.Tensor:
+    """(scale*n, n, 3): for tap k, row i is row i+k-1 of the upsampling matrix, zero when
+    i+k-1 falls in the 3x3 convolution's zero padding."""
+    a = interpolation_matrix(n, scale)
+    zero = torch.zeros_like(a[:1])
+    return torch.stack([torch.cat([zero, a[:-1]]), a, torch.cat([a[1:], zero])], dim=-1)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Interpolation matrices for one (h, w, scale), and the row product cut into groups.
+
+    The row matrix is banded (block a of `scale` output rows reads low-res rows a-1..a+1),
+    so it is applied as a few GEMMs over row groups, each with only the columns its rows
+    can touch; likewise its transpose in the backward pass.
+    """
+
+    rows: torch.Tensor  # (H, 3h), columns in (low-res row, tap) order
+    cols: torch.Tensor  # (W, 3w), columns in (tap, low-res column) order
+    cols_t: torch.Tensor  # (3w, W)
+    col_groups: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (o0, o1, s0, s1, coeff)
+    groups: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (o0, o1, r0, r1, rows[o0:o1, 3r0:3r1])
+    groups_t: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (r0, r1, o0, o1, that, transposed)
+
+
+GROUPS = 4  # GEMMs for each banded product (per image for the rows)
+MIN_GROUP = 8  # low-res rows/columns per group, at least
+
+
+def _group_size(n: int) -> int:
+    return max(-(-n // GROUPS), MIN_GROUP)
+
+
+def _col_groups(cols: torch.Tensor, w: int, s: int):
+    """The width product cut into groups of output columns, each with the (tap, low-res
+    column) inputs it can touch: 3 runs of columns, gathered into one block by the caller."""
+    taps = cols.view(s * w, 3, w)
+    groups = []
+    size = _group_size(w)
+    for b0 in range(0, w, size):
+        b1 = min(b0 + size, w)
+        o0, o1, s0, s1 = s * b0, s * b1, max(b0 - 1, 0), min(b1 + 1, w)
+        block = taps[o0:o1]
+        if block[:, :, :s0].any() or block[:, :, s1:].any():
+            raise AssertionError("interpolation matrix is not banded as assumed")
+        groups.append((o0, o1, s0, s1, block[:, :, s0:s1].reshape(o1 - o0, 3 * (s1 - s0))))
+    return groups
+
+
+def _row_groups(rows: torch.Tensor, h: int, s: int):
+    """Exact slices of the banded row matrix: every column a group leaves out is zero."""
+    size = _group_size(h)
+    forward, backward = [], []
+    for a0 in range(0, h, size):
+        a1 = min(a0 + size, h)
+        o0, o1, r0, r1 = s * a0, s * a1, max(a0 - 1, 0), min(a1 + 1, h)
+        block = rows[o0:o1]
+        if block[:, : 3 * r0].any() or block[:, 3 * r1 :].any():
+            raise AssertionError("interpolation matrix is not banded as assumed")
+        forward.append((o0, o1, r0, r1, block[:, 3 * r0 : 3 * r1]))
+        # transpose: low-res rows a0..a1-1 receive from output rows s*(a0-1) .. s*(a1+1)-1
+        o0, o1 = max(s * (a0 - 1), 0), min(s * (a1 + 1), s * h)
+        cols = rows[:, 3 * a0 : 3 * a1]
+        if cols[:o0].any() or cols[o1:].any():
+            raise AssertionError("interpolation matrix is not banded as assumed")
+        backward.append((a0, a1, o0, o1, cols[o0:o1].T))
+    return forward, backward
+
+
+@functools.lru_cache(maxsize=32)
+@torch.inference_mode(False)  # cached for later calls in any mode: normal tensors
+def _plan(h: int, w: int, scale: int, dtype: torch.dtype, device: torch.device) -> _Plan:
+    rows = shifted_taps(h, scale).reshape(scale * h, 3 * h)
+    cols = shifted_taps(w, scale).permute(0, 2, 1).reshape(scale * w, 3 * w)
+    forward, backward = _row_groups(rows, h, scale)
+
+    def to(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=device, dtype=dtype).contiguous()
+
+    return _Plan(
+        to(rows), to(cols), to(cols.T),
+        tuple((*g[:4], to(g[4])) for g in _col_groups(cols, w, scale)),
+        tuple((*g[:4], to(g[4])) for g in forward),
+        tuple((*g[:4], to(g[4])) for g in backward),
+    )
+
+
+_workspace = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], like: torch.Tensor, reuse: bool) -> torch.Tensor:
+    """A transient buffer. At inference (`reuse`) on the CPU it is kept per thread and
+    reused: fresh tens-of-MB tensors are mmapped and page-faulted on every call, which
+    cost a quarter of the decoder's time. Training allocates normally (batch-sized
+    buffers should not outlive it)."""
+    if like.device.type != "cpu" or not reuse:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    numel = 1
+    for n in shape:
+        numel *= n
+    buf = buffers.get((name, like.dtype))
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False):  # a normal tensor: writable in and out of it
+            buf = buffers[(name, like.dtype)] = torch.empty(numel, dtype=like.dtype)
+    return buf[:numel].view(shape)
+
+
+def tap_weights(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) -> (3 kx, C_in, 3 ky * C_out): one GEMM per kernel column.
+    Differentiable; callers at inference may keep the result (see decoder.py)."""
+    c_out, c_in = weight.shape[:2]
+    return weight.permute(3, 1, 2, 0).reshape(3, c_in, 3 * c_out)
+
+
+def _forward(
+    xw: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, b: int, h: int,
+    reuse: bool, relu: bool,
+) -> torch.Tensor:
+    """xw: the input as (w, b, h, C_in) rows; returns (b, H, W, C_out), ReLU'd if `relu`
+    (applied per row group while it is still in cache)."""
+    w, c_in = xw.shape[0], xw.shape[-1]
+    c_out = taps.shape[-1] // 3
+    plan = _plan(h, w, SCALE, xw.dtype, xw.device)
+    big_h, big_w, n = SCALE * h, SCALE * w, SCALE * w * c_out
+    rest = b * h * 3 * c_out
+    rows_in = xw.reshape(w * b * h, c_in)
+    # 1. nine 1x1 mixings at low resolution: t[kx] = x @ W[:, :, :, kx], columns (ky, c)
+    t = _scratch("a", (3, w * b * h, 3 * c_out), xw, reuse)
+    for kx in range(3):
+        if bias is not None and kx == 1:
+            # The centre tap's matrices are the plain upsampling (rows sum to 1), so a bias
+            # added there reaches every output pixel exactly once: conv + bias.
+            centre = torch.zeros(3, c_out, dtype=xw.dtype, device=xw.device)
+            centre[1] = bias
+            torch.addmm(centre.reshape(-1), rows_in, taps[kx], out=t[kx])
+        else:
+            torch.mm(rows_in, taps[kx], out=t[kx])
+    # 2. upsample + shift along the width, all taps kx at once: (W, (b, h, ky, c)), by
+    # groups of output columns, each from the 3 x (few) low-res columns it can touch
+    z = _scratch("b", (big_w, rest), xw, reuse)
+    for o0, o1, s0, s1, coeff in plan.col_groups:
+        if s1 - s0 == w:
+            src = t.view(3 * w, rest)
+        else:
+            src = _scratch("c", (3, s1 - s0, rest), xw, reuse)
+            src.copy_(t.view(3, w, rest)[:, s0:s1])
+        torch.mm(coeff, src.view(-1, rest), out=z[o0:o1])
+    del t, src  # the first buffer is reused for the transposed copy
+    # 3. rows outermost for the last product: (b, (h, ky), (W, c))
+    zt = _scratch("a", (b, 3 * h, big_w, c_out), xw, reuse)
+    zt.copy_(z.view(big_w, b, 3 * h, c_out).permute(1, 2, 0, 3))
+    z = zt.view(b, 3 * h, n)
+    # 4. upsample + shift along the height, sum over ky: (b, H, W, c)
+    out = torch.empty(b, big_h, big_w, c_out, dtype=xw.dtype, device=xw.device)
+    flat = out.view(b, big_h, n)
+    for i in range(b):
+        for o0, o1, r0, r1, coeff in plan.groups:
+            torch.mm(coeff, z[i, 3 * r0 : 3 * r1], out=flat[i, o0:o1])
+            if relu:
+                flat[i, o0:o1].clamp_min_(0)
+    return out
+
+
+def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: int, needs):
+    """The same restructuring, transposed: row product, width product, then the GEMMs."""
+    w, c_in = xw.shape[0], xw.shape[-1]
+    c_out = taps.shape[-1] // 3
+    plan = _plan(h, w, SCALE, xw.dtype, xw.device)
+    big_h, big_w, n = SCALE * h, SCALE * w, SCALE * w * c_out
+    g = g.contiguous()
+    flat = g.view(b, big_h, n)
+    gz = torch.empty(b, 3 * h, n, dtype=g.dtype, device=g.device)
+    for i in range(b):
+        for r0, r1, o0, o1, coeff in plan.groups_t:
+            torch.mm(coeff, flat[i, o0:o1], out=gz[i, 3 * r0 : 3 * r1])
+    gz = gz.view(b, 3 * h, big_w, c_out).permute(2, 0, 1, 3).contiguous()
+    gt = torch.mm(plan.cols_t, gz.view(big_w, b * 3 * h * c_out)).view(3, w * b * h, 3 * c_out)
+    del gz
+    grad_x = grad_taps = grad_b = None
+    if needs[0]:
+        gx = torch.mm(gt[0], taps[0].T)
+        gx.addmm_(gt[1], taps[1].T).addmm_(gt[2], taps[2].T)
+        grad_x = gx.view(w, b, h, c_in).permute(1, 2, 0, 3)
+    if needs[1]:
+        rows_in = xw.reshape(w * b * h, c_in)
+        grad_taps = torch.stack([torch.mm(rows_in.T, gt[kx]) for kx in range(3)])
+    if needs[2]:
+        grad_b = g.sum(dim=(0, 1, 2))
+    return grad_x, grad_taps, grad_b
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for this device type, if any (old and new torch APIs)."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+        return None
+    if device_type == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+class _UpsampleConv3x3(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, taps, bias, reuse, relu):
+        device = x.device.type
+        # under autocast behave like a convolution: compute in, and return, its dtype
+        dtype = _autocast_dtype(device) or x.dtype
+        b, h, w, _ = x.shape
+        ctx.dtypes = (x.dtype, taps.dtype, bias.dtype if bias is not None else None)
+        xw = x.to(dtype).permute(2, 0, 1, 3).contiguous()  # (w, b, h, C_in): see _forward
+        taps = taps.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+        with torch.autocast(device, enabled=False):
+            out = _forward(xw, taps, bias, b, h, reuse, relu)
+        ctx.save_for_backward(xw, taps)
+        ctx.shape = (b, h)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        xw, taps = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        with torch.autocast(xw.device.type, enabled=False):
+            grads = _backward(grad.to(xw.dtype), xw, taps, *ctx.shape, needs)
+        return (*(g.to(d) if g is not None else None for g, d in zip(grads, ctx.dtypes)), None, None)
+
+
+def upsample_conv3x3_taps(
+    x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None = None, relu: bool = False
+) -> torch.Tensor:
+    """`upsample_conv3x3` with the weight already arranged by `tap_weights`, optionally
+    followed by ReLU (fused when nothing is differentiated)."""
+    if x.dim() != 4 or taps.dim() != 3 or taps.shape[:2] != (3, x.shape[-1]):
+        raise ValueError(f"input {tuple(x.shape)} does not match taps {tuple(taps.shape)}")
+    # inference (nothing will be differentiated) may reuse per-thread scratch buffers
+    tensors = (x, taps) if bias is None else (x, taps, bias)
+    reuse = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    if relu and not reuse:
+        return F.relu(_UpsampleConv3x3.apply(x, taps, bias, reuse, False))
+    return _UpsampleConv3x3.apply(x, taps, bias, reuse, relu)
+
+
+def upsample_conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, scale: int = 4
+) -> torch.Tensor:
+    """conv2d(interpolate(x, scale, bilinear), weight, bias, padding=1), channels-last.
+
+    x: (B, h, w, C_in); weight: (C_out, C_in, 3, 3); returns (B, scale*h, scale*w, C_out).
+    Differentiable in x, weight and bias.
+    """
+    if weight.shape[-2:] != (3, 3):
+        raise ValueError(f"expected a 3x3 kernel, got {tuple(weight.shape)}")
+    if scale != SCALE:
+        raise ValueError(f"only x{SCALE} upsampling is implemented, got x{scale}")
+    return upsample_conv3x3_taps(x, tap_weights(weight), bias)

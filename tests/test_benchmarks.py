@@ -1,0 +1,30 @@
+"""The benchmark script runs end to end and reports what it promises (not timed here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import run
+
+KEYS = {
+    "first_prompt_s", "reprompt_s", "train_step_per_image_s", "peak_rss_mb",
+    "reference_forward_s", "reference_train_step_per_image_s", "max_abs_diff", "device",
+}
+
+
+@pytest.mark.slow
+def test_benchmark_runs_on_the_tiny_model(tmp_path, capsys):
+    out = tmp_path / "RESULTS.md"
+    run.main([
+        "--config", "tiny", "--json", "--repeats", "1", "--reprompts", "2", "--train-rounds", "1",
+        "--train-batch", "2", "--accelerator", "cpu", "--accel-seconds", "0",
+        "--accel-batch", "2", "2", "--out", str(out),
+    ])
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) >= KEYS
+    assert printed["max_abs_diff"] <= 1e-4 * printed["logit_scale"]
+    assert printed["peak_rss_mb"] > 0 and printed["gpu"]["train_images_per_s"] > 0
+    report = out.read_text()
+    assert "first prompt" in report and "peak RSS" in report and printed["machine"]["commit"] in report
