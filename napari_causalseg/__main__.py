@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     finetune = FineTuneWidget(viewer, segment_widget=segment)
     segment_dock = viewer.window.add_dock_widget(segment, name="Segment from note", area="right")
     viewer.window.add_dock_widget(finetune, name="Fine-tune", area="right", tabify=True)
-    segment_dock.raise_()  # the tab a new user needs first
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, segment_dock.raise_)  # the tab a new user needs first, once docked
     if args.screenshot:
         return _screenshot_and_quit(viewer, segment, args.screenshot)
     napari.run()
