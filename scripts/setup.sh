@@ -52,9 +52,15 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
     }
 fi
 
-echo "== installing napari-causalseg (editable) with napari and test tools"
-$PIP install -q -e ".[testing]" 2>&1 | grep -v "is ignored" || true
-"$VENV/bin/python" -c "import napari_causalseg.engine, napari, open_clip" || {
-    echo "the package did not install; see the pip output above" >&2
-    exit 1
-}
+# Reinstall only when pyproject.toml changed since the last successful install.
+STAMP="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$STAMP" ]; then
+    echo "== installing napari-causalseg (editable) with napari and test tools"
+    $PIP install -q -e ".[testing]" 2>&1 | grep -v "is ignored" || true
+    "$VENV/bin/python" -c "import napari_causalseg.engine, napari, open_clip, pytest" || {
+        echo "the package did not install; see the pip output above" >&2
+        exit 1
+    }
+    rm -f "$VENV"/.installed-*
+    touch "$STAMP"
+fi
