@@ -58,6 +58,11 @@ class Masker(nn.Module):
         return torch.sigmoid(self.body(x))
 
 
+def fuse_confounder_masks(masks: list[torch.Tensor]) -> torch.Tensor:
+    """Mbar = 1 - M averaged over channels and scales: (B, 1, H/16, W/16) in [0, 1]."""
+    return torch.stack([1 - m.float().mean(dim=1, keepdim=True) for m in masks]).mean(0)
+
+
 @dataclass
 class CausalFeatures:
     """Output of the intervention: fused causal / confounding maps and the masks M_i."""
@@ -67,8 +72,7 @@ class CausalFeatures:
     masks: list[torch.Tensor]  # M_i per scale (B, C, H/16, W/16); Mbar_i = 1 - M_i
 
     def confounder_map(self) -> torch.Tensor:
-        """Mbar averaged over channels and scales: (B, 1, H/16, W/16) in [0, 1]."""
-        return torch.stack([1 - m.float().mean(dim=1, keepdim=True) for m in self.masks]).mean(0)
+        return fuse_confounder_masks(self.masks)
 
 
 class CausalIntervention(nn.Module):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .causal import CausalFeatures, CausalIntervention
+from .causal import CausalFeatures, CausalIntervention, fuse_confounder_masks
 from .config import ModelConfig
 from .decoder import TextConditionedDecoder
 from .encoders import TextEncoder, VisionEncoder
@@ -42,7 +42,7 @@ class CausalSegOutput:
     masks: list[torch.Tensor]  # M_i per scale; the confounder masks are 1 - M_i
 
     def confounder_map(self) -> torch.Tensor:
-        return CausalFeatures(self.causal_logits, self.causal_logits, self.masks).confounder_map()
+        return fuse_confounder_masks(self.masks)
 
 
 class CausalCLIPSeg(nn.Module):

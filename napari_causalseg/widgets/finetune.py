@@ -32,7 +32,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..engine.atomic import atomic_write
 from ..engine.checkpoint import load_checkpoint
-from ..engine.data.readers import AnnotationStore, Case, safe_case_name
+from ..engine.data.readers import AnnotationStore, Case, safe_case_name, to_gray
 from ..engine.evaluate import evaluate_cases
 from ..engine.trainer import TrainConfig, Trainer
 from ._layers import NOTE_KEY, SOURCE_KEY, image_array
@@ -171,8 +171,7 @@ class FineTuneWidget(Container):
             if labels_layer is None:
                 raise ValueError("choose the corrected Labels layer (the lesion mask)")
             image = image_array(image_layer)
-            if image.ndim == 3:  # RGB -> luminance, as the model sees grey radiographs
-                image = np.round(image[..., :3] @ np.array([0.299, 0.587, 0.114])).astype(image.dtype)
+            image = to_gray(image, image_layer.name)  # RGB -> luminance, as cases are read back
             mask = np.asarray(labels_layer.data) > 0
             if mask.shape != image.shape[:2]:
                 raise ValueError(f"the mask {mask.shape} and the image {image.shape[:2]} differ in size")

@@ -123,7 +123,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise DatasetError(
             f"Cannot read image {path} ({exc}); re-export it as PNG or TIFF."
         ) from exc
-    return _to_gray(arr, path)
+    return to_gray(arr, path)
 
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:
@@ -198,7 +198,8 @@ def _size_error(case: Case, hi: Sequence[int], hm: Sequence[int]) -> DatasetErro
     )
 
 
-def _to_gray(arr: np.ndarray, path: Path) -> np.ndarray:
+def to_gray(arr: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
+    """2-D grey from grey or RGB(A): BT.601 luminance, rounded back to the input dtype."""
     if arr.ndim == 2:
         return arr
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
