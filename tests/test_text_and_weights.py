@@ -15,7 +15,7 @@ from napari_causalseg.engine import (
     WeightsError,
     get_config,
 )
-from napari_causalseg.engine.weights import load_clip_weights
+from napari_causalseg.engine.weights import clip_to_causalseg, load_clip_weights
 
 from .conftest import NOTE
 
@@ -118,3 +118,93 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"x": Payload()}, path)
     with pytest.raises(WeightsError, match="plain tensors"):
         load_clip_weights(CausalCLIPSeg(get_config("tiny")), path)
+
+
+def all_qata_notes() -> list[str]:
+    """Every note of the QaTa grammar (63 zone sets) plus the healthy one."""
+    from itertools import combinations
+
+    from napari_causalseg.engine.notes import SIDES, ZONES, make_note
+
+    areas = [(s, z) for s in SIDES for z in ZONES]
+    return [make_note(c) for n in range(7) for c in combinations(areas, n)]
+
+
+ODD_NOTES = [
+    "Ünïcödé café naïve — “quotes” &amp; &lt;tags&gt; 123 4.5% it's we'll don't",
+    "x-ray: 2 lesions; RUL/LLL (opacities)!!! 😷 中文 测试 ﬁbrosis",
+    "  weird\tspacing\n\nnew lines  ",
+    "&amp;amp;amp; O'Brien's patient’s l'hôpital",
+    "A" * 40,
+]
+
+
+def test_bpe_equals_open_clip_tokenizer():
+    """Our BPE gives CLIP's ids, token for token (open_clip's tokenizer is the oracle)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    theirs = SimpleTokenizer()
+    ours = NoteTokenizer(77)
+    for note in all_qata_notes() + ODD_NOTES:
+        tok = ours.encode(note)
+        assert tok.ids[1 : tok.n_tokens - 1].tolist() == theirs.encode(note), note
+        assert tok.note == theirs.clean_fn(note)
+    ids = theirs.encode(ODD_NOTES[0])
+    assert ours._bpe.decode(ids) == theirs.decode(ids)
+
+
+def test_control_strings_in_a_note_are_text():
+    tok = NoteTokenizer(77).encode("left lung <end_of_text> right lung")
+    assert (tok.ids == 49407).sum() == 1 and tok.ids[tok.n_tokens - 1] == 49407
+
+
+@pytest.mark.parametrize("name", ["tiny", "rn101"])
+def test_towers_have_open_clips_parameter_names_and_shapes(name):
+    """CLIP weights and checkpoints written with open_clip's towers load unchanged."""
+    cfg = get_config(name)
+    with torch.device("meta"):
+        model = CausalCLIPSeg(cfg)
+        clip = open_clip.model.CLIP(
+            embed_dim=cfg.embed_dim,
+            vision_cfg=CLIPVisionCfg(layers=cfg.vision.layers, width=cfg.vision.width,
+                                     image_size=cfg.image_size,
+                                     head_width=cfg.vision.width * 32 // cfg.vision.attn_heads),
+            text_cfg=CLIPTextCfg(context_length=cfg.text.context_length, width=cfg.text.width,
+                                 heads=cfg.text.heads, layers=cfg.text.layers,
+                                 vocab_size=cfg.text.vocab_size),
+            quick_gelu=cfg.quick_gelu,
+        )
+    theirs = {k: v.shape for k, v in clip_to_causalseg(clip.state_dict(), model).items()}
+    ours = {
+        k: v.shape for k, v in model.state_dict().items()
+        if k.startswith(("vision.backbone.", "text.transformer.")) and ".attnpool.connect." not in k
+    }
+    assert ours == theirs
+
+
+def test_vision_trunk_trains_like_open_clips(tmp_path):
+    """Train mode in float64: same output and the same BatchNorm running statistics."""
+    clip = tiny_open_clip(context_length=24).double().train()
+    model = CausalCLIPSeg(get_config("tiny")).double().train()
+    model.load_state_dict(clip_to_causalseg(clip.state_dict(), model), strict=False)
+    image = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    ours_net, theirs_net = model.vision.backbone, clip.visual
+    ours = ours_net.layer4(ours_net.layer3(ours_net.layer2(ours_net.layer1(ours_net.stem(image)))))
+    ref = theirs_net.layer4(theirs_net.layer3(theirs_net.layer2(theirs_net.layer1(theirs_net.stem(image)))))
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours_net.layer3[0].bn2.running_var, theirs_net.layer3[0].bn2.running_var)
+
+
+def test_engine_does_not_import_open_clip_or_torchvision():
+    """open_clip's package import pulls in torchvision, torch._dynamo and sympy (~230 MB,
+    ~1.5 s); inference and training need none of it (only the `openai` download does)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari_causalseg.engine as e, napari_causalseg.engine.trainer, napari_causalseg.cli\n"
+        "e.NoteTokenizer(20).encode('Unilateral pulmonary infection, one infected area, lower right lung.')\n"
+        "print(sorted(m for m in ('open_clip', 'torchvision', 'torch._dynamo', 'sympy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

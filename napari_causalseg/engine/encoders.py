@@ -1,20 +1,22 @@
-"""CLIP's two towers as CausalCLIPSeg uses them, built from open_clip modules.
+"""CLIP's two towers as CausalCLIPSeg uses them.
 
-The vision tower is open_clip's ModifiedResNet whose attention pool is replaced by a
-dense version: the same pretrained q/k/v/c projections and positional embedding, but
-every /32 position is kept (no pooled token), plus a new residual branch. The text
-tower is open_clip's TextTransformer, so tau is exactly CLIP's `encode_text`.
+The vision tower is CLIP's modified ResNet whose attention pool is replaced by a dense
+version: the same pretrained q/k/v/c projections and positional embedding, but every
+/32 position is kept (no pooled token), plus a new residual branch. The text tower is
+CLIP's text Transformer, so tau is exactly CLIP's `encode_text`. Both are this
+package's own modules with open_clip's parameter names (see resnet.py and
+text_transformer.py for why not open_clip's classes).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIPTextCfg, _build_text_tower
-from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from .config import ModelConfig
+from .resnet import ModifiedResNet
+from .text_transformer import TextTransformer
 
 
 class DenseAttentionPool(nn.Module):
@@ -64,14 +66,8 @@ class VisionEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         v = cfg.vision
-        self.backbone = ModifiedResNet(
-            layers=list(v.layers),
-            output_dim=cfg.embed_dim,
-            heads=v.attn_heads,
-            image_size=v.image_size,
-            width=v.width,
-        )
-        # Replace CLIP's pooled attention by the dense one (same parameter names).
+        self.backbone = ModifiedResNet(layers=v.layers, width=v.width)
+        # CLIP's pooled attention head as a dense one (same parameter names).
         self.backbone.attnpool = DenseAttentionPool(
             grid=v.image_size // 32,
             in_dim=v.stage_channels[2],
@@ -95,14 +91,15 @@ class TextEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         t = cfg.text
-        text_cfg = CLIPTextCfg(
+        self.transformer = TextTransformer(
             context_length=t.context_length,
             vocab_size=t.vocab_size,
             width=t.width,
             heads=t.heads,
             layers=t.layers,
+            output_dim=cfg.embed_dim,
+            quick_gelu=cfg.quick_gelu,
         )
-        self.transformer = _build_text_tower(cfg.embed_dim, text_cfg, quick_gelu=cfg.quick_gelu)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.transformer(tokens)

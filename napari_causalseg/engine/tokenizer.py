@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from open_clip.tokenizer import SimpleTokenizer, basic_clean, whitespace_clean
+
+from .bpe import BPE, clean_text
 
 
 class NoteError(ValueError):
@@ -22,7 +23,7 @@ def normalize_note(note: str) -> str:
     """The form CLIP was trained on: fixed unicode, single spaces, lower case."""
     if not isinstance(note, str):
         raise NoteError(f"the note must be text, got {type(note).__name__}")
-    return whitespace_clean(basic_clean(note)).lower()
+    return clean_text(note)
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,9 @@ class NoteTokenizer:
             raise ValueError("context_length must leave room for [SOS], a word and [EOS]")
         self.context_length = context_length
         self.truncate = truncate
-        self._bpe = SimpleTokenizer(context_length=context_length)
-        self.sot_id = self._bpe.sot_token_id
-        self.eot_id = self._bpe.eot_token_id
+        self._bpe = BPE()
+        self.sot_id = self._bpe.vocab.sot_id
+        self.eot_id = self._bpe.vocab.eot_id
 
     def encode(self, note: str, truncate: bool | None = None) -> TokenizedNote:
         truncate = self.truncate if truncate is None else truncate
