@@ -1,11 +1,14 @@
 """Peak resident memory of interactive inference, measured in a fresh process.
 
 Run by run.py as a child so that nothing else (the reference model, training) has
-touched this process's memory. It builds the model (random weights), a Segmenter, and
-does one first prompt on a new image plus re-prompts with new notes, then prints one
-JSON object with the process's peak RSS (VmHWM: interpreter, imported libraries, model
-weights, activations, one cached image feature) and the RSS at each stage. VmHWM and
-not ru_maxrss: on Linux the latter carries over the parent's peak across fork + exec.
+touched this process's memory. It loads the model as a user's session does
+(`Segmenter.from_checkpoint`; with no --checkpoint it builds random weights in memory
+instead), does one first prompt on a new image plus re-prompts with new notes, then
+prints one JSON object with the process's peak RSS (VmHWM: interpreter, imported
+libraries, the model weights it has touched, activations, one cached image feature)
+and the RSS at each stage, split into anonymous memory and file-backed pages (weights
+mapped from the checkpoint). VmHWM and not ru_maxrss: on Linux the latter carries over
+the parent's peak across fork + exec.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ def _status(field: str) -> float | None:
     return None
 
 
-def rss_mb() -> float:
-    return _status("VmRSS") or float("nan")
+def rss_mb() -> dict[str, float]:
+    return {k: round(_status(f) or float("nan"), 1)
+            for k, f in (("total", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
 
 
 def peak_mb() -> float:
@@ -43,6 +47,7 @@ def peak_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="rn101")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="load this (as users do)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--reprompts", type=int, default=5)
     args = parser.parse_args()
@@ -56,12 +61,16 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    stages = {"after_import": rss_mb()}  # torch, open_clip (and with it torchvision)
-    torch.manual_seed(0)
-    cfg = get_config(args.config)
-    model = CausalCLIPSeg(cfg)
-    stages["after_model"] = rss_mb()
-    seg = Segmenter(model, SegmenterConfig(device="cpu"))
+    stages = {"after_import": rss_mb()}  # torch and this package's engine
+    if args.checkpoint is not None:
+        seg = Segmenter.from_checkpoint(args.checkpoint, SegmenterConfig(device="cpu"))
+        cfg = seg.model_config
+    else:
+        torch.manual_seed(0)
+        cfg = get_config(args.config)
+        seg = Segmenter(CausalCLIPSeg(cfg), SegmenterConfig(device="cpu"))
+    model = seg.model
+    stages["after_load"] = rss_mb()
     image = np.random.default_rng(0).integers(0, 255, (cfg.image_size,) * 2, dtype=np.uint8)
     notes = notes_for(seg.tokenizer, args.reprompts + 1)
     seg.segment(image, notes[0])
@@ -71,7 +80,8 @@ def main() -> None:
     stages["after_reprompts"] = rss_mb()
     print(json.dumps({
         "peak_rss_mb": round(peak_mb(), 1),
-        "rss_mb": {k: round(v, 1) for k, v in stages.items()},
+        "rss_mb": stages,
+        "loaded_from": "checkpoint (memory-mapped)" if args.checkpoint else "random weights in memory",
         "parameters_mb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1),
         "cached_image_features_mb": round(seg.image_cache.total_cost / 2**20, 1),
         "config": args.config,

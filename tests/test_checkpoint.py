@@ -53,6 +53,28 @@ def test_round_trip_is_bit_exact(tmp_path, tiny_model, xray):
     assert (a == b).all()
 
 
+@pytest.mark.parametrize("mmap", [False, True])
+def test_loaded_weights_never_write_back_to_the_file(tmp_path, tiny_model, mmap):
+    """Memory-mapped weights are copy-on-write views: changing them (an optimiser step)
+    leaves the checkpoint file as it was; without mmap they are the model's own memory."""
+    path = tmp_path / "best.safetensors"
+    info = save_checkpoint(path, perturbed(tiny_model))
+    loaded, _ = load_checkpoint(path, mmap=mmap)
+    for key, value in tiny_model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    assert not any(p.is_meta for p in loaded.parameters())
+    assert not any(b.is_meta for b in loaded.buffers())
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.add_(1.0)
+    from napari_causalseg.engine.checkpoint import _sha256
+
+    assert _sha256(path) == info.sha256
+    again, _ = load_checkpoint(path)
+    assert torch.equal(again.state_dict()["vision.backbone.conv1.weight"],
+                       tiny_model.state_dict()["vision.backbone.conv1.weight"])
+
+
 def test_config_mismatch_names_the_differences(tmp_path, tiny_model):
     path = tmp_path / "tiny.safetensors"
     save_checkpoint(path, tiny_model)

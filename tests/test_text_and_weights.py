@@ -195,15 +195,23 @@ def test_vision_trunk_trains_like_open_clips(tmp_path):
     torch.testing.assert_close(ours_net.layer3[0].bn2.running_var, theirs_net.layer3[0].bn2.running_var)
 
 
-def test_engine_does_not_import_open_clip_or_torchvision():
+def test_inference_does_not_import_open_clip_torchvision_or_dynamo(tmp_path, tiny_model):
     """open_clip's package import pulls in torchvision, torch._dynamo and sympy (~230 MB,
-    ~1.5 s); inference and training need none of it (only the `openai` download does)."""
+    ~1.5 s), and so would a random-number call on the meta device when a checkpoint is
+    loaded; inference needs none of it (only the `openai` download imports open_clip)."""
     import subprocess
     import sys
 
+    from napari_causalseg.engine import save_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, tiny_model)
     code = (
-        "import sys, napari_causalseg.engine as e, napari_causalseg.engine.trainer, napari_causalseg.cli\n"
-        "e.NoteTokenizer(20).encode('Unilateral pulmonary infection, one infected area, lower right lung.')\n"
+        "import sys, numpy as np, napari_causalseg.engine as e, napari_causalseg.engine.trainer, "
+        "napari_causalseg.cli\n"
+        f"seg = e.Segmenter.from_checkpoint({str(path)!r}, e.SegmenterConfig(device='cpu'))\n"
+        "seg.segment(np.zeros((64, 64), np.uint8), 'Unilateral pulmonary infection, one infected "
+        "area, lower right lung.')\n"
         "print(sorted(m for m in ('open_clip', 'torchvision', 'torch._dynamo', 'sympy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -124,9 +124,20 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
 
 
 def load_checkpoint(
-    path: str | Path, expected: ModelConfig | None = None, device: str | torch.device = "cpu"
+    path: str | Path,
+    expected: ModelConfig | None = None,
+    device: str | torch.device = "cpu",
+    mmap: bool = False,
 ) -> tuple[CausalCLIPSeg, CheckpointInfo]:
-    """Build the model the checkpoint describes and load its weights (strictly)."""
+    """Build the model the checkpoint describes and load its weights (strictly).
+
+    The model is built without initialising weights that the file then overwrites.
+    `mmap=True` (CPU, inference): the parameters are copy-on-write views of the file, so
+    loading is instant and weights the forward pass never reads (most of the token
+    embedding, D_s) stay on disk. The file must then not be rewritten in place while
+    the model lives; this package only ever replaces files by renaming, and on Windows
+    a mapped file cannot be replaced at all, so training loads copies (the default).
+    """
     from safetensors.torch import load_file
 
     info = read_checkpoint_info(path)
@@ -141,7 +152,8 @@ def load_checkpoint(
         state = load_file(str(info.path), device=str(device))
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{info.path} could not be read (truncated or corrupt?): {exc}") from exc
-    model = CausalCLIPSeg(info.config)
+    with torch.device("meta"):  # shapes only: every tensor comes from the file
+        model = CausalCLIPSeg(info.config)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -161,5 +173,7 @@ def load_checkpoint(
             f"{info.path} does not match its own configuration: {', '.join(parts)}; "
             "the file was written by an incompatible version or edited"
         )
-    model.load_state_dict(state, strict=True)
-    return model.to(device), info
+    copy = not mmap and torch.device(device).type == "cpu"  # own memory, not views of the file
+    state = {k: v.to(own[k].dtype, copy=copy) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model, info

@@ -30,7 +30,9 @@ class DenseAttentionPool(nn.Module):
         super().__init__()
         self.grid = grid
         self.heads = heads
-        self.positional_embedding = nn.Parameter(torch.randn(grid * grid + 1, in_dim) / in_dim**0.5)
+        self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, in_dim))
+        if not self.positional_embedding.is_meta:  # see TextTransformer.reset_parameters
+            nn.init.normal_(self.positional_embedding, std=in_dim**-0.5)
         self.k_proj = nn.Linear(in_dim, in_dim)
         self.q_proj = nn.Linear(in_dim, in_dim)
         self.v_proj = nn.Linear(in_dim, in_dim)

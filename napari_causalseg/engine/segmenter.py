@@ -88,7 +88,7 @@ class Segmenter:
     # construction -------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: SegmenterConfig = SegmenterConfig()) -> Segmenter:
-        model, info = load_checkpoint(path)
+        model, info = load_checkpoint(path, mmap=True)  # inference only: weights stay file-backed
         return cls(model, config, model_id=info.sha256 or f"{Path(path).resolve()}")
 
     @classmethod

@@ -87,7 +87,8 @@ class TextTransformer(nn.Module):
     ):
         super().__init__()
         self.context_length = context_length
-        self.token_embedding = nn.Embedding(vocab_size, width)
+        # initialised below with the rest (nn.Embedding's own init would run twice)
+        self.token_embedding = nn.Embedding(vocab_size, width, _weight=torch.empty(vocab_size, width))
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.transformer = Transformer(width, layers, heads, quick_gelu)
         self.ln_final = nn.LayerNorm(width)
@@ -96,6 +97,10 @@ class TextTransformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """CLIP's initialisation (used when no CLIP weights are loaded)."""
+        if self.positional_embedding.is_meta:
+            # A shapes-only model whose weights come from a file. (normal_ on the meta
+            # device would import torch's Python decompositions: ~150 MB and ~1 s.)
+            return
         width, layers = self.positional_embedding.shape[1], len(self.transformer.resblocks)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
