@@ -68,7 +68,7 @@ class CausalFeatures:
     """Output of the intervention: fused causal / confounding maps and the masks M_i."""
 
     causal: torch.Tensor  # F^c (B, C, H/16, W/16)
-    confounding: torch.Tensor  # F^s
+    confounding: torch.Tensor | None  # F^s; None when not computed (inference)
     masks: list[torch.Tensor]  # M_i per scale (B, C, H/16, W/16); Mbar_i = 1 - M_i
 
     def confounder_map(self) -> torch.Tensor:
@@ -92,9 +92,13 @@ class CausalIntervention(nn.Module):
     def align(self, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor) -> list[torch.Tensor]:
         return [F.avg_pool2d(c2, 2), self.align3(c3), self.align4(c4)]
 
-    def forward(self, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor) -> CausalFeatures:
+    def forward(
+        self, c2: torch.Tensor, c3: torch.Tensor, c4: torch.Tensor, with_confounding: bool = True
+    ) -> CausalFeatures:
         feats = self.align(c2, c3, c4)
         masks = [masker(f) for masker, f in zip(self.maskers, feats)]
         causal = self.fuse(torch.cat([m * f for m, f in zip(masks, feats)], dim=1))
-        confounding = self.fuse(torch.cat([(1 - m) * f for m, f in zip(masks, feats)], dim=1))
+        confounding = None
+        if with_confounding:  # only D_s reads F^s, and D_s only trains
+            confounding = self.fuse(torch.cat([(1 - m) * f for m, f in zip(masks, feats)], dim=1))
         return CausalFeatures(causal=causal, confounding=confounding, masks=masks)

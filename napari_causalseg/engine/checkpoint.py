@@ -64,6 +64,11 @@ def save_checkpoint(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"checkpoint names end in .safetensors, got {path.name}")
+    if model.fused_for_inference:
+        raise CheckpointError(
+            "this model's BatchNorms were folded for inference (a Segmenter's model) and "
+            "it no longer has a checkpoint's layout; save the model you trained instead"
+        )
     header = {
         "format": FORMAT,
         "model": json.dumps(model.config.to_dict()),

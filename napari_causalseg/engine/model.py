@@ -15,6 +15,7 @@ from .causal import CausalFeatures, CausalIntervention, fuse_confounder_masks
 from .config import ModelConfig
 from .decoder import TextConditionedDecoder
 from .encoders import TextEncoder, VisionEncoder
+from .fusion import FusedModelError
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -46,6 +47,8 @@ class CausalSegOutput:
 
 
 class CausalCLIPSeg(nn.Module):
+    fused_for_inference = False  # set by fusion.fuse_for_inference_ (BatchNorms folded)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
@@ -61,11 +64,20 @@ class CausalCLIPSeg(nn.Module):
             cfg.feature_dim, cfg.decoder_dim, cfg.embed_dim, cfg.kernel_size
         )
 
-    def encode_image(self, image: torch.Tensor) -> CausalFeatures:
+    def train(self, mode: bool = True) -> CausalCLIPSeg:
+        if mode and self.fused_for_inference:
+            raise FusedModelError(
+                "this model's BatchNorms were folded for inference (a Segmenter's model); "
+                "load the checkpoint again with load_checkpoint to train or fine-tune"
+            )
+        return super().train(mode)
+
+    def encode_image(self, image: torch.Tensor, with_confounding: bool = True) -> CausalFeatures:
+        """F^c, the masks and (unless `with_confounding` is False: inference) F^s."""
         size = image.shape[-2:]
         if size[0] % 32 or size[1] % 32:
             raise ValueError(f"input sides must be multiples of 32, got {tuple(size)}")
-        return self.intervention(*self.vision(image))
+        return self.intervention(*self.vision(image), with_confounding=with_confounding)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """tau: (B, embed_dim), identical to open_clip's `encode_text`."""
@@ -81,7 +93,7 @@ class CausalCLIPSeg(nn.Module):
     ) -> CausalSegOutput:
         """Both decoders by default; `reverse_lambda` puts the gradient-reversal layer
         between F^s and D_s for the adversarial objective."""
-        feats = self.encode_image(image)
+        feats = self.encode_image(image, with_confounding=with_confounding)
         tau = self.encode_text(tokens)
         causal = self.causal_decoder(feats.causal, tau)
         confounding = None

@@ -21,6 +21,7 @@ from .cache import LRUCache
 from .checkpoint import load_checkpoint
 from .config import ModelConfig, get_config
 from .device import resolve_device
+from .fusion import fuse_for_inference_
 from .model import CausalCLIPSeg
 from .preprocess import PreprocessConfig, prepare_image, resize_to, to_grey_or_rgb
 from .tokenizer import NoteTokenizer, TokenizedNote
@@ -72,10 +73,16 @@ class Segmenter:
         model: CausalCLIPSeg,
         config: SegmenterConfig = SegmenterConfig(),
         model_id: str | None = None,
+        fuse: bool = False,
     ):
+        """`fuse=True` folds the image side's BatchNorms into their convolutions in place
+        (faster, same numbers up to float rounding) and makes `model` inference-only: for
+        models the Segmenter owns (`from_checkpoint`, `from_config`)."""
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval()
+        if fuse:
+            fuse_for_inference_(self.model)
         self.model_id = model_id or uuid.uuid4().hex
         self.preprocess = PreprocessConfig(size=model.config.image_size)
         self.tokenizer = NoteTokenizer(model.config.text.context_length, truncate=config.truncate_notes)
@@ -89,7 +96,7 @@ class Segmenter:
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: SegmenterConfig = SegmenterConfig()) -> Segmenter:
         model, info = load_checkpoint(path, mmap=True)  # inference only: weights stay file-backed
-        return cls(model, config, model_id=info.sha256 or f"{Path(path).resolve()}")
+        return cls(model, config, model_id=info.sha256 or f"{Path(path).resolve()}", fuse=True)
 
     @classmethod
     def from_config(
@@ -102,7 +109,7 @@ class Segmenter:
         cfg = get_config(model_config) if isinstance(model_config, str) else model_config
         model = CausalCLIPSeg(cfg)
         load_clip_weights(model, pretrained)
-        return cls(model, config)
+        return cls(model, config, fuse=True)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -127,7 +134,7 @@ class Segmenter:
             if cached is not None:
                 return cached
             tensor = prepare_image(image, self.preprocess).to(self.device)
-            feats = self.model.encode_image(tensor)
+            feats = self.model.encode_image(tensor, with_confounding=False)
             pixels = self.model.causal_decoder.features(feats.causal)
             result = ImageFeatures(pixels, feats.confounder_map(), tuple(image.shape[:2]))
         self.image_cache.put(key, result)

@@ -1,0 +1,89 @@
+"""BatchNorm folded into the convolution before it, in place, for an inference-only model.
+
+In eval mode BN(conv(x)) is conv(x) with the weight scaled per output channel and a
+bias added, so each of the ~110 BatchNorms of the image side (CLIP trunk, dense-pool
+shortcut, causal intervention) costs a full pass over its activations for nothing.
+Folding is exact up to float rounding.
+
+Why in place and not on a copy: the Segmenter's weights are copy-on-write views of the
+checkpoint file, so rewriting a weight replaces its file pages by private pages of the
+same size; a folded copy would hold the weights twice. The decoders are left alone: they
+fold their own BN (decoder.py), cached and invalidated when weights change.
+
+A fused model cannot train (its BatchNorms are gone) and cannot be saved as a
+checkpoint (its state dict is not a CausalCLIPSeg's); both are refused with an error.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .resnet import Bottleneck, ModifiedResNet
+
+FUSED_ATTR = "fused_for_inference"
+
+
+class FusedModelError(RuntimeError):
+    """A model whose BatchNorms were folded for inference was asked to train or be saved."""
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d)
+        and isinstance(bn, nn.BatchNorm2d)
+        and bn.track_running_stats
+        and bn.running_mean is not None
+        and conv.out_channels == bn.num_features
+    )
+
+
+def fold_batchnorm_(module: nn.Module) -> int:
+    """Fold every Conv2d -> BatchNorm2d pair under `module` in place; returns how many.
+
+    Pairs are adjacent entries of an nn.Sequential, and the conv_i/bn_i attributes of
+    CLIP's trunk and its Bottlenecks. The BN is replaced by nn.Identity.
+    """
+    folded = 0
+    with torch.no_grad():
+        for parent in list(module.modules()):
+            if isinstance(parent, nn.Sequential):
+                names = list(parent._modules)
+                for a, b in zip(names, names[1:]):
+                    if _foldable(parent._modules[a], parent._modules[b]):
+                        _fold(parent._modules[a], parent._modules[b])
+                        parent._modules[b] = nn.Identity()
+                        folded += 1
+            elif isinstance(parent, (Bottleneck, ModifiedResNet)):
+                for i in (1, 2, 3):
+                    conv, bn = getattr(parent, f"conv{i}"), getattr(parent, f"bn{i}")
+                    if _foldable(conv, bn):
+                        _fold(conv, bn)
+                        setattr(parent, f"bn{i}", nn.Identity())
+                        folded += 1
+    return folded
+
+
+def fuse_for_inference_(model: nn.Module) -> nn.Module:
+    """Fold the image side's BatchNorms of a CausalCLIPSeg in place and mark it
+    inference-only (`CausalCLIPSeg.train()` then raises instead of training without BN)."""
+    if getattr(model, FUSED_ATTR, False):
+        return model
+    model.eval()
+    for part in (model.vision, model.intervention):
+        fold_batchnorm_(part)
+    setattr(model, FUSED_ATTR, True)
+    return model
