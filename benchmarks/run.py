@@ -53,7 +53,7 @@ from napari_causalseg.engine import (  # noqa: E402
     save_checkpoint,
 )
 from napari_causalseg.engine.objective import causal_objective  # noqa: E402
-from tests.reference import reference_from  # noqa: E402
+from tests.reference import reference_from, with_batchnorm_statistics  # noqa: E402
 
 TARGETS = {
     "first_prompt_ratio": 0.25,  # first prompt / reference forward, at most
@@ -136,16 +136,8 @@ def build_models(config: str, seed: int = 0) -> tuple[CausalCLIPSeg, torch.nn.Mo
     eval-mode folding is exercised), and the reference holding a copy of them."""
     torch.manual_seed(seed)
     model = CausalCLIPSeg(get_config(config)).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for dec in (model.causal_decoder, model.confounding_decoder):
-            for m in dec.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    c = m.num_features
-                    m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                    m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                    m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    for i, dec in enumerate((model.causal_decoder, model.confounding_decoder)):
+        with_batchnorm_statistics(dec, seed=seed + i)
     return model, reference_from(model).eval()
 
 

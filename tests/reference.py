@@ -98,3 +98,18 @@ def reference_from(model: CausalCLIPSeg) -> ReferenceCausalCLIPSeg:
     ref = ReferenceCausalCLIPSeg(model.config)
     ref.load_state_dict(model.state_dict(), strict=True)
     return ref.train(model.training)
+
+
+def with_batchnorm_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial running statistics and affine parameters in every BatchNorm (random
+    init leaves mean 0, var 1, weight 1, bias 0, which would hide a folding mistake)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+    return model

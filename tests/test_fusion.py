@@ -11,24 +11,11 @@ from napari_causalseg.engine import CheckpointError, Segmenter, SegmenterConfig,
 from napari_causalseg.engine.fusion import FusedModelError, fold_batchnorm_, fuse_for_inference_
 
 from .conftest import NOTE
-
-
-def with_batchnorm_statistics(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial running statistics and affine parameters in every BatchNorm."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-    return model.eval()
+from .reference import with_batchnorm_statistics
 
 
 def test_folding_is_exact_in_float64(tiny_model):
-    model = with_batchnorm_statistics(tiny_model).double()
+    model = with_batchnorm_statistics(tiny_model).eval().double()
     fused = fuse_for_inference_(copy.deepcopy(model))
     left = [m for part in (fused.vision, fused.intervention) for m in part.modules()
             if isinstance(m, torch.nn.BatchNorm2d)]
@@ -61,7 +48,7 @@ def test_fused_model_refuses_training_and_saving(tmp_path, tiny_model):
 
 
 def test_segmenter_from_checkpoint_is_fused_and_agrees(tmp_path, tiny_model, xray):
-    model = with_batchnorm_statistics(tiny_model)
+    model = with_batchnorm_statistics(tiny_model).eval()
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, model)
     plain = Segmenter(model, SegmenterConfig(device="cpu"))  # a caller's model: left as it is

@@ -28,7 +28,8 @@ class FusedModelError(RuntimeError):
     """A model whose BatchNorms were folded for inference was asked to train or be saved."""
 
 
-def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of one conv equal to eval-mode BN(conv(x)) (new tensors)."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
@@ -37,8 +38,13 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         shift = shift + bn.bias
     if conv.bias is not None:
         shift = shift + conv.bias * scale
-    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-    conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
+    return conv.weight * scale.reshape(-1, 1, 1, 1), shift
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    weight, bias = folded_conv(conv, bn)
+    conv.weight.copy_(weight)  # in place: see the module docstring
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:

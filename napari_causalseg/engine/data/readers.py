@@ -99,50 +99,38 @@ class DatasetSplits:
 # --------------------------------------------------------------------------- images
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as a 2-D array; RGB(A) becomes BT.601 luminance in the input's dtype.
-
-    TIFF goes through tifffile so 16-bit and float data keep their values.
-    """
-    path = Path(path)
+def _read_array(path: Path, what: str, fix: str, grey_modes: tuple[str, ...] = ()) -> np.ndarray:
+    """Pixels of an image file: TIFF through tifffile (16-bit and float data keep their
+    values), the rest through Pillow (palettes expanded, `grey_modes` made 8-bit grey).
+    Errors name the file, what it was for and what to do."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            arr = np.asarray(tifffile.imread(path))
-        else:
-            with Image.open(path) as im:
-                if im.mode == "P":
-                    im = im.convert("RGBA")
-                elif im.mode in ("1", "LA", "PA", "La"):
-                    im = im.convert("L")
-                arr = np.asarray(im)
+            return np.asarray(tifffile.imread(path))
+        with Image.open(path) as im:
+            if im.mode == "P":
+                im = im.convert("RGBA")
+            elif im.mode in grey_modes:
+                im = im.convert("L")
+            return np.asarray(im)
     except FileNotFoundError as exc:
-        raise DatasetError(f"Image file {path} does not exist: check the path.") from exc
+        raise DatasetError(f"{what.capitalize()} file {path} does not exist: check the path.") from exc
     except (OSError, ValueError) as exc:
-        raise DatasetError(
-            f"Cannot read image {path} ({exc}); re-export it as PNG or TIFF."
-        ) from exc
+        raise DatasetError(f"Cannot read {what} {path} ({exc}); {fix}.") from exc
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as a 2-D array; RGB(A) becomes BT.601 luminance in the input's dtype."""
+    path = Path(path)
+    arr = _read_array(path, "image", "re-export it as PNG or TIFF", grey_modes=("1", "LA", "PA", "La"))
     return to_gray(arr, path)
 
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a mask as a 2-D bool array (any channel value > 0 is lesion)."""
     path = Path(path)
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            arr = np.asarray(tifffile.imread(path))
-        else:
-            with Image.open(path) as im:
-                if im.mode == "P":
-                    im = im.convert("RGBA")
-                arr = np.asarray(im)
-    except FileNotFoundError as exc:
-        raise DatasetError(f"Mask file {path} does not exist: check the path.") from exc
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"Cannot read mask {path} ({exc}); re-export it as PNG.") from exc
+    arr = _read_array(path, "mask", "re-export it as PNG")
     if arr.ndim == 3 and arr.shape[-1] in (2, 4):
         arr = arr[..., :-1]  # drop alpha: a transparent background is not lesion
     if arr.ndim == 3:
