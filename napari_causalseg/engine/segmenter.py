@@ -3,7 +3,9 @@
 Image features are cached per (image bytes, preprocessing, model); a new note on the
 same image reruns only the text encoder and D_c's note-dependent part, one KxK conv
 C->1 (the 1x1 conv folded into the text kernel, see decoder.py). Only D_c runs: D_s is
-a training device. Text features are cached per normalised note.
+a training device, and F^s is not computed. Text features are cached per normalised note.
+A Segmenter that loads its own model (`from_checkpoint`, `from_config`) maps the weights
+from the file and folds the image side's BatchNorms in place (fusion.py).
 """
 
 from __future__ import annotations
