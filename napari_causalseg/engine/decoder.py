@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .causal import conv_bn_relu
-from .fusion import folded_conv
+from .fusion import batchnorm_affine
 from .upconv import tap_weights, upsample_conv3x3, upsample_conv3x3_taps
 
 
 def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode BN(conv(x)) as one conv: (taps for `upsample_conv3x3_taps`, bias)."""
-    weight, bias = folded_conv(conv, bn)
-    return tap_weights(weight), bias
+    scale, shift = batchnorm_affine(conv, bn)
+    return tap_weights(conv.weight * scale[:, None, None, None]), shift
 
 
 def _folded_for_inference(block: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:

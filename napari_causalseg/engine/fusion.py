@@ -28,8 +28,9 @@ class FusedModelError(RuntimeError):
     """A model whose BatchNorms were folded for inference was asked to train or be saved."""
 
 
-def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of one conv equal to eval-mode BN(conv(x)) (new tensors)."""
+def batchnorm_affine(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output channel (scale, shift) with eval-mode BN(conv(x)) equal to
+    conv_without_bias(x) * scale + shift: scale the weight, and shift is the new bias."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
@@ -38,13 +39,14 @@ def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torc
         shift = shift + bn.bias
     if conv.bias is not None:
         shift = shift + conv.bias * scale
-    return conv.weight * scale.reshape(-1, 1, 1, 1), shift
+    return scale, shift
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    weight, bias = folded_conv(conv, bn)
-    conv.weight.copy_(weight)  # in place: see the module docstring
-    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+    scale, shift = batchnorm_affine(conv, bn)
+    # in place (see the module docstring): a scaled copy would stay in the heap
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
