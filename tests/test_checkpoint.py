@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from napari_causalseg.engine import (
 )
 from napari_causalseg.engine.config import ModelConfig, TextConfig
 
-from .conftest import NOTE
+from .conftest import NOTE, OTHER_NOTE
 
 
 def perturbed(model: CausalCLIPSeg) -> CausalCLIPSeg:
@@ -135,3 +136,35 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, tiny_model, monkeyp
         save_checkpoint(path, perturbed(tiny_model))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.json", "best.safetensors"]
+
+
+def test_mapped_weights_survive_replacement_but_not_an_in_place_rewrite(tmp_path, tiny_model, xray):
+    """A Segmenter reads its weights from the file as needed: replacing the file by a
+    rename (our writers) or deleting it is harmless; rewriting it in place would mix two
+    models' weights, so it is refused with a clear error instead."""
+    path = tmp_path / "best.safetensors"
+    old = perturbed(tiny_model).eval()
+    save_checkpoint(path, old)
+    seg = Segmenter.from_checkpoint(path)
+    seg.segment(xray, NOTE)
+    torch.manual_seed(9)
+    save_checkpoint(path, CausalCLIPSeg(tiny_model.config))  # atomic replace: other weights
+    # a new note runs the text tower and the decoder head on the mapped weights: still the old ones
+    expected = Segmenter(old).segment(xray, OTHER_NOTE).probability
+    assert abs(seg.segment(xray, OTHER_NOTE).probability - expected).max() < 1e-5
+
+    seg = Segmenter.from_checkpoint(path)
+    seg.segment(xray, NOTE)
+    data = path.read_bytes()
+    with open(path, "r+b") as fh:  # what `cp new old` or save_file(old) do: same inode
+        fh.write(data)
+        fh.truncate()
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert seg.weights_file_rewritten()
+    with pytest.raises(CheckpointError, match="rewritten in place.*load the model again"):
+        seg.segment(xray, NOTE)
+    assert not Segmenter.from_checkpoint(path).weights_file_rewritten()
+
+    moved = Segmenter.from_checkpoint(path)
+    path.unlink()
+    moved.segment(xray, NOTE)  # the mapping keeps the deleted file

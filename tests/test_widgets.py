@@ -312,3 +312,22 @@ def test_cancel_stops_and_keeps_the_previous_model(qtbot, viewer_with_sample, ti
     assert not (tmp_path / "annotations" / "models").exists()
     assert Path(seg.checkpoint.value) == tiny_checkpoint
     assert "Cancelled" in fine.status.value
+
+
+def test_holder_reloads_a_checkpoint_rewritten_in_place(tiny_checkpoint):
+    """The engine refuses weights whose file changed under it; the widget's model holder
+    then loads the file again instead of failing on every click."""
+    from napari_causalseg.engine.sources import ModelSource
+    from napari_causalseg.widgets.segment import SegmenterHolder
+
+    holder = SegmenterHolder()
+    source = ModelSource(CHECKPOINT, tiny_checkpoint)
+    first = holder.get(source, "cpu")
+    assert holder.get(source, "cpu") is first
+    data = tiny_checkpoint.read_bytes()
+    with open(tiny_checkpoint, "r+b") as fh:
+        fh.write(data)
+    st = tiny_checkpoint.stat()
+    os.utime(tiny_checkpoint, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = holder.get(source, "cpu")
+    assert again is not first and not again.weights_file_rewritten()

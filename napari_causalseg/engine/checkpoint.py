@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,42 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded, with what is wrong and what to do."""
 
 
+@dataclass(frozen=True)
+class FileIdentity:
+    """The file a memory-mapped model reads its weights from, as it was when loaded.
+
+    Rewritten in place (same inode, other size or time) means the mapping now shows
+    other bytes: a model would silently mix two checkpoints, or crash on a truncated
+    page. Replaced by a rename (what this package's writers do) or deleted is harmless:
+    the mapping keeps the old file."""
+
+    path: Path
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity:
+        st = os.stat(path)
+        return cls(Path(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def rewritten_in_place(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return st.st_ino == self.inode and (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns)
+
+    def check(self) -> None:
+        if self.rewritten_in_place():
+            raise CheckpointError(
+                f"{self.path} was rewritten in place while its weights were in use "
+                "(they are read from the file as needed); load the model again. Save "
+                "checkpoints to a new file, or replace them by renaming a finished file "
+                "over the old one, as napari-causalseg does."
+            )
+
+
 @dataclass
 class CheckpointInfo:
     """What a checkpoint says about itself."""
@@ -38,6 +75,7 @@ class CheckpointInfo:
     created: str
     provenance: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None
+    mapped: FileIdentity | None = None  # set when the weights are views of the file (mmap)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +191,8 @@ def load_checkpoint(
             f"requested; differences (requested != checkpoint): {'; '.join(diffs[:6])}. "
             "Drop the model option to use the checkpoint's own configuration."
         )
+    if mmap and torch.device(device).type == "cpu":
+        info.mapped = FileIdentity.of(info.path)  # before reading: a change during the load counts
     try:
         state = load_file(str(info.path), device=str(device))
     except Exception as exc:  # noqa: BLE001

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .cache import LRUCache
-from .checkpoint import load_checkpoint
+from .checkpoint import FileIdentity, load_checkpoint
 from .config import ModelConfig, get_config
 from .device import resolve_device
 from .fusion import fuse_for_inference_
@@ -93,12 +93,15 @@ class Segmenter:
             config.text_cache_entries
         )
         self._lock = threading.RLock()  # one forward at a time; caches are shared
+        self._weights_file: FileIdentity | None = None  # set when weights are mapped from a file
 
     # construction -------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: SegmenterConfig = SegmenterConfig()) -> Segmenter:
         model, info = load_checkpoint(path, mmap=True)  # inference only: weights stay file-backed
-        return cls(model, config, model_id=info.sha256 or f"{Path(path).resolve()}", fuse=True)
+        segmenter = cls(model, config, model_id=info.sha256 or f"{Path(path).resolve()}", fuse=True)
+        segmenter._weights_file = info.mapped
+        return segmenter
 
     @classmethod
     def from_config(
@@ -117,6 +120,16 @@ class Segmenter:
     def model_config(self) -> ModelConfig:
         return self.model.config
 
+    def weights_file_rewritten(self) -> bool:
+        """True when the checkpoint this Segmenter maps was rewritten in place: it then
+        refuses to run, and the caller should load the file again."""
+        return self._weights_file is not None and self._weights_file.rewritten_in_place()
+
+    def _check_weights(self) -> None:
+        """Refuse to run on weights whose file was rewritten in place (see FileIdentity)."""
+        if self._weights_file is not None:
+            self._weights_file.check()
+
     # features -----------------------------------------------------------------
     def image_key(self, image: np.ndarray) -> str:
         image = np.ascontiguousarray(image)
@@ -132,6 +145,7 @@ class Segmenter:
         if cached is not None:
             return cached
         with self._lock, torch.inference_mode():
+            self._check_weights()
             cached = self.image_cache.get(key)  # another thread may have just made it
             if cached is not None:
                 return cached
@@ -148,6 +162,7 @@ class Segmenter:
         if cached is not None:
             return cached
         with self._lock, torch.inference_mode():
+            self._check_weights()
             tau = self.model.encode_text(tokens.ids[None].to(self.device))
         self.text_cache.put(tokens.note, (tau, tokens))
         return tau, tokens
@@ -158,6 +173,7 @@ class Segmenter:
         tau, tokens = self.text_feature(note)
         feats = self.image_features(image)
         with self._lock, torch.inference_mode():
+            self._check_weights()
             logits = self.model.causal_decoder.logits(feats.pixels, tau)
             probability = torch.sigmoid(resize_to(logits.float(), feats.shape))[0, 0]
             confounder = resize_to(feats.confounder.float(), feats.shape)[0, 0].clamp(0, 1)

@@ -82,7 +82,8 @@ class SegmenterHolder:
     def get(self, source: ModelSource, device: str, on_progress=None):
         key = (source, device)
         with self._lock:
-            if self.segmenter is None or self._key != key:
+            # a checkpoint rewritten in place since it was loaded is loaded again
+            if self.segmenter is None or self._key != key or self.segmenter.weights_file_rewritten():
                 self.segmenter, self.checkpoint = open_segmenter(
                     source, SegmenterConfig(device=device), progress=on_progress or False
                 )
