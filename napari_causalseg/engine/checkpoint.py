@@ -45,8 +45,9 @@ class FileIdentity:
 
     @classmethod
     def of(cls, path: Path) -> FileIdentity:
+        path = Path(path).resolve()  # the working directory may change later
         st = os.stat(path)
-        return cls(Path(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(path, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def rewritten_in_place(self) -> bool:
         try:
