@@ -100,7 +100,8 @@ class Segmenter:
     def from_checkpoint(cls, path: str | Path, config: SegmenterConfig = SegmenterConfig()) -> Segmenter:
         model, info = load_checkpoint(path, mmap=True)  # inference only: weights stay file-backed
         segmenter = cls(model, config, model_id=info.sha256 or f"{Path(path).resolve()}", fuse=True)
-        segmenter._weights_file = info.mapped
+        if segmenter.device.type == "cpu":  # elsewhere the weights were copied to the device
+            segmenter._weights_file = info.mapped
         return segmenter
 
     @classmethod
