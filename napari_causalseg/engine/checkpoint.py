@@ -192,7 +192,8 @@ def load_checkpoint(
             f"requested; differences (requested != checkpoint): {'; '.join(diffs[:6])}. "
             "Drop the model option to use the checkpoint's own configuration."
         )
-    if mmap and torch.device(device).type == "cpu":
+    on_cpu = torch.device(device).type == "cpu"
+    if mmap and on_cpu:
         info.mapped = FileIdentity.of(info.path)  # before reading: a change during the load counts
     try:
         state = load_file(str(info.path), device=str(device))
@@ -219,7 +220,7 @@ def load_checkpoint(
             f"{info.path} does not match its own configuration: {', '.join(parts)}; "
             "the file was written by an incompatible version or edited"
         )
-    copy = not mmap and torch.device(device).type == "cpu"  # own memory, not views of the file
+    copy = not mmap and on_cpu  # own memory, not views of the file
     state = {k: v.to(own[k].dtype, copy=copy) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model, info

@@ -16,12 +16,15 @@ checkpoint (its state dict is not a CausalCLIPSeg's); both are refused with an e
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from .resnet import Bottleneck, ModifiedResNet
 
-FUSED_ATTR = "fused_for_inference"
+if TYPE_CHECKING:
+    from .model import CausalCLIPSeg
 
 
 class FusedModelError(RuntimeError):
@@ -85,13 +88,13 @@ def fold_batchnorm_(module: nn.Module) -> int:
     return folded
 
 
-def fuse_for_inference_(model: nn.Module) -> nn.Module:
+def fuse_for_inference_(model: CausalCLIPSeg) -> CausalCLIPSeg:
     """Fold the image side's BatchNorms of a CausalCLIPSeg in place and mark it
     inference-only (`CausalCLIPSeg.train()` then raises instead of training without BN)."""
-    if getattr(model, FUSED_ATTR, False):
+    if model.fused_for_inference:
         return model
     model.eval()
     for part in (model.vision, model.intervention):
         fold_batchnorm_(part)
-    setattr(model, FUSED_ATTR, True)
+    model.fused_for_inference = True
     return model

@@ -76,10 +76,13 @@ class Segmenter:
         config: SegmenterConfig = SegmenterConfig(),
         model_id: str | None = None,
         fuse: bool = False,
+        weights_file: FileIdentity | None = None,
     ):
         """`fuse=True` folds the image side's BatchNorms into their convolutions in place
         (faster, same numbers up to float rounding) and makes `model` inference-only: for
-        models the Segmenter owns (`from_checkpoint`, `from_config`)."""
+        models the Segmenter owns (`from_checkpoint`, `from_config`). `weights_file`: the
+        checkpoint file `model`'s CPU weights are mapped from, watched for in-place rewrites
+        (ignored on other devices, where the weights are copies)."""
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval()
@@ -93,16 +96,14 @@ class Segmenter:
             config.text_cache_entries
         )
         self._lock = threading.RLock()  # one forward at a time; caches are shared
-        self._weights_file: FileIdentity | None = None  # set when weights are mapped from a file
+        self._weights_file = weights_file if self.device.type == "cpu" else None
 
     # construction -------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: SegmenterConfig = SegmenterConfig()) -> Segmenter:
         model, info = load_checkpoint(path, mmap=True)  # inference only: weights stay file-backed
-        segmenter = cls(model, config, model_id=info.sha256 or f"{Path(path).resolve()}", fuse=True)
-        if segmenter.device.type == "cpu":  # elsewhere the weights were copied to the device
-            segmenter._weights_file = info.mapped
-        return segmenter
+        model_id = info.sha256 or f"{Path(path).resolve()}"
+        return cls(model, config, model_id=model_id, fuse=True, weights_file=info.mapped)
 
     @classmethod
     def from_config(
