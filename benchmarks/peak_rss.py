@@ -36,6 +36,32 @@ def rss_mb() -> dict[str, float]:
             for k, f in (("total", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
 
 
+def file_rss_by_kind(checkpoint: Path | None) -> dict[str, float]:
+    """File-backed RSS (MiB) split into the checkpoint's pages and everything else
+    (shared libraries, Python modules), from /proc/self/smaps; empty off Linux.
+
+    Why: how many pages of a library a fault maps depends on the kernel's page cache
+    (files just written, e.g. by pip, sit in large folios that are mapped whole), so the
+    library share of VmHWM differs between runs of the same code; this makes it visible."""
+    kinds = {"checkpoint": 0.0, "libraries": 0.0}
+    target = str(checkpoint.resolve()) if checkpoint is not None else None
+    try:
+        text = Path("/proc/self/smaps").read_text()
+    except OSError:
+        return {}
+    path, rss = None, 0
+    for line in text.splitlines():
+        head = line.split(maxsplit=5)
+        if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
+            path = head[5] if len(head) == 6 and head[5].startswith("/") else None
+        elif path is not None and line.startswith("Rss:"):
+            rss = int(line.split()[1])
+        elif path is not None and line.startswith("Anonymous:"):  # copy-on-write pages are anon
+            file_kib = rss - int(line.split()[1])
+            kinds["checkpoint" if path == target else "libraries"] += file_kib / 1024
+    return {k: round(v, 1) for k, v in kinds.items()}
+
+
 def peak_mb() -> float:
     peak = _status("VmHWM")
     if peak is not None:
@@ -75,17 +101,21 @@ def main() -> None:
     notes = notes_for(seg.tokenizer, args.reprompts + 1)
     seg.segment(image, notes[0])
     stages["after_first_prompt"] = rss_mb()
+    file_split = file_rss_by_kind(args.checkpoint)
     for note in notes[1:]:
         seg.segment(image, note)
     stages["after_reprompts"] = rss_mb()
     print(json.dumps({
         "peak_rss_mb": round(peak_mb(), 1),
         "rss_mb": stages,
+        "file_rss_after_first_prompt_mb": file_split,
         "loaded_from": "checkpoint (memory-mapped)" if args.checkpoint else "random weights in memory",
         "parameters_mb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1),
         "cached_image_features_mb": round(seg.image_cache.total_cost / 2**20, 1),
         "config": args.config,
         "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": sys.executable,
     }))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -20,7 +21,7 @@ def test_benchmark_runs_on_the_tiny_model(tmp_path, capsys):
     run.main([
         "--config", "tiny", "--json", "--repeats", "1", "--reprompts", "2", "--train-rounds", "1",
         "--train-batch", "2", "--accelerator", "cpu", "--accel-seconds", "0",
-        "--accel-batch", "2", "2", "--out", str(out),
+        "--accel-batch", "2", "2", "--out", str(out), "--rss-python", sys.executable,
     ])
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) >= KEYS
@@ -28,3 +29,7 @@ def test_benchmark_runs_on_the_tiny_model(tmp_path, capsys):
     assert printed["peak_rss_mb"] > 0 and printed["gpu"]["train_images_per_s"] > 0
     report = out.read_text()
     assert "first prompt" in report and "peak RSS" in report and printed["machine"]["commit"] in report
+    other = printed["details"]["peak_rss_other"]
+    assert len(other) == 1 and other[0]["python"] == sys.executable and other[0]["peak_rss_mb"] > 0
+    assert f"the same, with torch {other[0]['torch']}" in report
+    assert set(printed["details"]["peak_rss"]["file_rss_after_first_prompt_mb"]) == {"checkpoint", "libraries"}
