@@ -343,11 +343,22 @@ def test_lvit_errors(lvit_root):
     _raises_naming(tf, lvit_root, match="Train_Val_text.xlsx")
 
 
-def test_lvit_missing_labelcol(lvit_root):
+@pytest.mark.parametrize(("layout", "split_dir", "sub", "other"), [
+    ("lvit", "Test_Folder", "labelcol", "img"),
+    ("lvit", "Train_Folder", "img", "labelcol"),
+    ("mmi", "Test", "GTs", "Images"),
+    ("mmi", "Train", "Images", "GTs"),
+    ("sgseg", "images/test", "masks", "images"),
+    ("sgseg", "images/valid", "images", "masks"),
+])
+def test_missing_image_or_mask_folder(request, layout, split_dir, sub, other):
     import shutil
 
-    shutil.rmtree(lvit_root / "Test_Folder" / "labelcol")
-    _raises_naming(lvit_root / "Test_Folder" / "labelcol", lvit_root, match="is missing")
+    root = request.getfixturevalue(f"{layout}_root")
+    folder = root / split_dir
+    shutil.rmtree(folder / sub)
+    msg = _raises_naming(folder / sub, root, match="is missing")
+    assert f"{folder.name}/{other}" in msg  # says where the layout expects each folder
 
 
 def test_mmi_unet_errors(mmi_root):

@@ -266,6 +266,21 @@ class _DirIndex:
         return sorted(n for n in self.names if n.lower().endswith(IMAGE_SUFFIXES))
 
 
+def _image_and_mask_dirs(folder: Path, images: str, masks: str, layout: str) -> tuple[Path, Path]:
+    """A split folder's image and mask subfolders (names matched as `_child` does), or an
+    error naming the one that is missing and where the layout expects it."""
+    found = []
+    for name in (images, masks):
+        d = _child(folder, name)
+        if d is None or not d.is_dir():
+            raise DatasetError(
+                f"{folder / name} is missing: the {layout} layout keeps a split's images in "
+                f"{folder.name}/{images} and its masks in {folder.name}/{masks}."
+            )
+        found.append(d)
+    return found[0], found[1]
+
+
 def _names_from_key(key: str) -> tuple[str, str]:
     """(image name, mask name) from an index entry that holds the mask or the image name."""
     if key.lower().startswith(MASK_PREFIX):
@@ -537,14 +552,7 @@ def _read_lvit(root: Path, val_fraction: float, warnings: list[str]) -> dict[str
                 k = key.strip().lower()
                 if k not in notes:
                     notes[k] = (note, f"{p} {where}")
-        img_dir = _child(folder, "img")
-        mask_dir = _child(folder, "labelcol")
-        for d, what in ((img_dir, "img"), (mask_dir, "labelcol")):
-            if d is None or not d.is_dir():
-                raise DatasetError(
-                    f"{folder / what} is missing: the LViT layout keeps images in "
-                    f"{folder.name}/img and masks in {folder.name}/labelcol."
-                )
+        img_dir, mask_dir = _image_and_mask_dirs(folder, "img", "labelcol", "LViT")
         out[split] = _pair_folders(img_dir, mask_dir, notes, split)
     if folders["val"] is None and out["train"]:
         out["train"], out["val"] = _tail_split(out["train"], val_fraction)
@@ -608,13 +616,7 @@ def _read_mmi_unet(root: Path, val_fraction: float, warnings: list[str]) -> dict
                 f"{csv_path} exists but {root / folder_name} does not: put the images in "
                 f"{folder_name}/Images and the masks in {folder_name}/GTs."
             )
-        img_dir, mask_dir = _child(folder, "Images"), _child(folder, "GTs")
-        for d, what in ((img_dir, "Images"), (mask_dir, "GTs")):
-            if d is None or not d.is_dir():
-                raise DatasetError(
-                    f"{folder / what} is missing: this layout keeps images in {folder.name}/Images "
-                    f"and masks in {folder.name}/GTs."
-                )
+        img_dir, mask_dir = _image_and_mask_dirs(folder, "Images", "GTs", "Ariadne's Thread / MMI-UNet")
         out[split] = _pair_index_entries(
             _read_csv(csv_path), img_dir, mask_dir, csv_path, split, warnings
         )
@@ -657,10 +659,7 @@ def _read_sgseg(root: Path, val_fraction: float, warnings: list[str]) -> dict[st
                 f"{ann_path} lists split {key!r} but {images / str(key)} is missing: put its "
                 f"images in {images / str(key) / 'images'} and masks in {images / str(key) / 'masks'}."
             )
-        img_dir, mask_dir = _child(folder, "images"), _child(folder, "masks")
-        for d, what in ((img_dir, "images"), (mask_dir, "masks")):
-            if d is None or not d.is_dir():
-                raise DatasetError(f"{folder / what} is missing: add the split's {what} there.")
+        img_dir, mask_dir = _image_and_mask_dirs(folder, "images", "masks", "SGSeg")
         rows = []
         for i, e in enumerate(entries):
             where = f"[{key!r}][{i}]"
