@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import open_clip
 import pytest
 import torch
@@ -109,6 +113,23 @@ def test_wrong_clip_weights_are_a_clear_error(tmp_path):
         load_clip_weights(model, "openai")
 
 
+def test_openai_download_failure_is_a_clear_error(tmp_path):
+    """Offline (here always), open_clip's hub error becomes a WeightsError saying what to do.
+    A child process, so that the hub reads HF_HUB_OFFLINE and an empty cache at import."""
+    code = (
+        "from napari_causalseg.engine.weights import WeightsError, openai_state_dict\n"
+        "try:\n    openai_state_dict('RN101')\n"
+        "except WeightsError as exc:\n    print('WeightsError:', exc)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("WeightsError: OpenAI's CLIP RN101 weights could not be obtained")
+    assert "--pretrained PATH" in out.stdout
+
+
 class Payload:
     """Stands for any object a malicious pickle could construct."""
 
@@ -199,9 +220,6 @@ def test_inference_does_not_import_open_clip_torchvision_or_dynamo(tmp_path, tin
     """open_clip's package import pulls in torchvision, torch._dynamo and sympy (~230 MB,
     ~1.5 s), and so would a random-number call on the meta device when a checkpoint is
     loaded; inference needs none of it (only the `openai` download imports open_clip)."""
-    import subprocess
-    import sys
-
     from napari_causalseg.engine import save_checkpoint
 
     path = tmp_path / "m.safetensors"

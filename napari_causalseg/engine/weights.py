@@ -59,7 +59,17 @@ def openai_state_dict(clip_name: str) -> dict[str, torch.Tensor]:
     """OpenAI weights through open_clip's normal loader (downloads on first use)."""
     import open_clip
 
-    clip = open_clip.create_model(clip_name, pretrained="openai")
+    try:
+        clip = open_clip.create_model(clip_name, pretrained="openai")
+    except Exception as exc:  # noqa: BLE001 - network and hub errors come in many types
+        raise WeightsError(
+            f"OpenAI's CLIP {clip_name} weights could not be obtained through open_clip "
+            f"({type(exc).__name__}: {exc}). They are downloaded on first use, so this needs "
+            "the internet once. On a machine without it, fetch them elsewhere (open_clip."
+            f"create_model({clip_name!r}, pretrained='openai') stores them in the Hugging Face "
+            "cache), copy the weights file over and pass its path instead of 'openai' "
+            "(causalseg train --pretrained PATH)."
+        ) from exc
     return clip.state_dict()
 
 
