@@ -11,6 +11,7 @@ import functools
 import inspect
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ def read_layers(path: PathOrPaths) -> list[LayerData] | None:
             # Content passed the magic-byte check but is corrupt or needs a codec.
             logger.warning("napari-causalseg could not read %s", exc)
             continue
+        for text in img.metadata.get("notes", []):  # napari shows warnings as notifications
+            warnings.warn(f"{Path(p).name}: {text}", UserWarning, stacklevel=2)
         layers.append(_to_layer(p, img))
     return layers or None
 

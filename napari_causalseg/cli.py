@@ -25,6 +25,16 @@ class CLIError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
+def _threshold(text: str) -> float:
+    """argparse type: a usage error (exit 2) naming the bad value."""
+    from .engine.segmenter import check_threshold
+
+    try:
+        return check_threshold(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="causalseg",
@@ -78,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--note", required=True, help="the radiology note, e.g. 'Unilateral pulmonary infection, one infected area, lower right lung.'")
     g.add_argument("--checkpoint", type=Path, default=None, help="default: the bundled demo model")
     g.add_argument("--out", type=Path, required=True, help="output folder")
-    g.add_argument("--threshold", type=float, default=0.5)
+    g.add_argument("--threshold", type=_threshold, default=0.5,
+                   help="lesion probability at or above which a pixel is in the mask (0-1, default 0.5)")
     g.add_argument("--device", default="auto")
 
     i = sub.add_parser("info", help="configuration, parameter count and provenance, as JSON")
@@ -272,15 +283,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for image_path in args.images:
-        image = read_image(image_path).data
-        result = segmenter.segment(image, args.note)
+        read = read_image(image_path)
+        for text in read.metadata.get("notes", []):  # e.g. pages of a stack left out
+            print(f"causalseg segment: note: {image_path}: {text}", file=sys.stderr)
+        result = segmenter.segment(read.data, args.note)
         stem = image_path.stem
         mask_path = args.out / f"{stem}_lesion.png"
         conf_path = args.out / f"{stem}_confounders.png"
         write_mask(mask_path, result.mask.astype(np.uint8) * 255)
         write_mask(conf_path, np.round(result.confounder * 255).astype(np.uint8))
         results.append({"image": str(image_path), "mask": str(mask_path), "confounders": str(conf_path),
-                        "lesion_fraction": float(result.mask.mean()), "shape": list(result.mask.shape)})
+                        "lesion_fraction": float(result.mask.mean()), "shape": list(result.mask.shape),
+                        "read_notes": list(read.metadata.get("notes", []))})
     print(json.dumps({"checkpoint": str(path), "note": result.note, "results": results}, indent=2))
     return 0
 

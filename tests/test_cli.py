@@ -92,6 +92,7 @@ def test_info_for_the_paper_model(capsys):
         (["info", "--model", "rn50"], "unknown model configuration 'rn50'; choose one of ['rn101', 'tiny']"),
         (["segment", "/no/image.png", "--note", "x", "--out", "o"], "image not found: /no/image.png"),
         (["info", "--checkpoint", "/no/ckpt.safetensors"], "checkpoint not found"),
+        (["info", "--checkpoint", "/"], "/ is a folder, not a checkpoint file: pass the .safetensors file"),
     ],
 )
 def test_errors_are_one_clear_line(capsys, argv, message):
@@ -114,6 +115,18 @@ def test_data_and_note_errors(capsys, synth_dir, tmp_path):
     rc, _, err = run(capsys, "segment", str(image), "--note", "  ", "--checkpoint", str(ckpt),
                      "--out", str(tmp_path / "o"), "--device", "cpu")
     assert rc == 1 and "the note is empty" in err
+    # A stack: the first page is segmented and the user is told so, on stderr and in the JSON.
+    import tifffile
+
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([np.asarray(Image.open(image))] * 3), photometric="minisblack")
+    rc, out, err = run(capsys, "segment", str(stack), "--note", "Unilateral pulmonary infection, one "
+                       "infected area, lower right lung.", "--checkpoint", str(ckpt),
+                       "--out", str(tmp_path / "o"), "--device", "cpu")
+    assert rc == 0, err
+    assert f"note: {stack}: multi-page TIFF with 3 pages; only the first page was read" in err
+    assert json.loads(out)["results"][0]["read_notes"] == [
+        "multi-page TIFF with 3 pages; only the first page was read"]
     rc, _, err = run(capsys, "train", str(tmp_path), "--out", str(tmp_path / "r"), "--model", "tiny")
     assert rc == 1 and "error:" in err and "Traceback" not in err
     rc, _, err = run(capsys, "train", str(synth_dir), "--out", str(tmp_path / "none"), "--resume")
@@ -125,6 +138,10 @@ def test_usage_errors_exit_2():
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "usage:" in out.stderr and "required" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "napari_causalseg.cli", "segment", "a.png", "--note",
+                          "n", "--out", "o", "--threshold", "1.5"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "threshold 1.5 is not a probability between 0 and 1" in out.stderr
     out = subprocess.run([sys.executable, "-m", "napari_causalseg.cli", "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "segment" in out.stdout

@@ -213,6 +213,12 @@ def test_tiff_multipage_reads_first_and_says_so(tmp_path):
     np.testing.assert_array_equal(img.data, pages[0])
     assert img.metadata["n_pages"] == 3
     assert any("first page" in n for n in img.metadata["notes"])
+    # napari turns warnings into notifications: the user learns that pages were left out
+    from napari_causalseg import _reader
+
+    with pytest.warns(UserWarning, match="stack.tif: multi-page TIFF with 3 pages; only the first"):
+        ((data, _, _),) = _reader.napari_get_reader(str(f))(str(f))
+    np.testing.assert_array_equal(data, pages[0])
 
 
 def test_tiff_min_is_white_inverted(tmp_path):

@@ -119,6 +119,19 @@ def test_rethreshold_without_rerunning(segmenter, xray):
     np.testing.assert_array_equal(result.rethreshold(t), (result.probability >= t).astype(np.uint8))
 
 
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.2, 1.5, float("nan")])
+def test_thresholds_outside_0_1_are_refused(segmenter, xray, bad):
+    """Not a silently empty or full mask: every way in checks it."""
+    with pytest.raises(ValueError, match="not a probability between 0 and 1"):
+        SegmenterConfig(threshold=bad)
+    with pytest.raises(ValueError, match="not a probability between 0 and 1"):
+        segmenter.segment(xray, NOTE, threshold=bad)
+    result = segmenter.segment(xray, NOTE, threshold=0.3)
+    assert result.threshold == 0.3
+    with pytest.raises(ValueError, match="not a probability between 0 and 1"):
+        result.rethreshold(bad)
+
+
 def test_note_errors_reach_the_user(segmenter, xray):
     with pytest.raises(NoteError, match="empty"):
         segmenter.segment(xray, "   ")

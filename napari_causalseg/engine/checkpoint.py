@@ -142,6 +142,10 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.safetensors"))
+        hint = (f"; it holds {', '.join(inside[:4])}" if inside else "; it holds no .safetensors file")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pass the .safetensors file{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

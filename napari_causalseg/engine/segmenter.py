@@ -30,6 +30,18 @@ from .tokenizer import NoteTokenizer, TokenizedNote
 from .weights import load_clip_weights
 
 
+def check_threshold(threshold: float) -> float:
+    """A mask threshold is a probability strictly between 0 and 1 (0 would mark every pixel,
+    1 none); anything else is an error rather than a silently empty or full mask."""
+    value = float(threshold)
+    if not 0.0 < value < 1.0:
+        raise ValueError(
+            f"threshold {threshold!r} is not a probability between 0 and 1 (exclusive): pixels "
+            "with lesion probability >= threshold form the mask; 0.5 is the default"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class SegmenterConfig:
     device: str = "auto"
@@ -37,6 +49,9 @@ class SegmenterConfig:
     cache_bytes: int = 1 << 30  # image features; RN101 needs ~51 MB per image
     text_cache_entries: int = 512
     truncate_notes: bool = False  # opt-in; the dropped words are reported
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
 
 
 @dataclass
@@ -64,7 +79,7 @@ class SegmentationResult:
 
     def rethreshold(self, threshold: float) -> np.ndarray:
         """A new mask from the kept probability map, without rerunning the model."""
-        return (self.probability >= threshold).astype(np.uint8)
+        return (self.probability >= check_threshold(threshold)).astype(np.uint8)
 
 
 class Segmenter:
@@ -171,7 +186,7 @@ class Segmenter:
 
     # prediction ---------------------------------------------------------------
     def segment(self, image: np.ndarray, note: str, threshold: float | None = None) -> SegmentationResult:
-        threshold = self.config.threshold if threshold is None else threshold
+        threshold = self.config.threshold if threshold is None else check_threshold(threshold)
         tau, tokens = self.text_feature(note)
         feats = self.image_features(image)
         with self._lock, torch.inference_mode():
