@@ -184,8 +184,9 @@ def segmenter_equivalence(seg: Segmenter, ref, tokenizer, size: int) -> dict[str
     return {"max_abs_diff": diff, "logit_scale": scale, "relative": diff / scale}
 
 
-def bench_inference(seg: Segmenter, ref, size: int, repeats: int, reprompts: int) -> dict[str, Any]:
-    notes = iter(notes_for(seg.tokenizer, repeats + reprompts + 12))
+def bench_inference(seg: Segmenter, ref, size: int, repeats: int, reprompts: int,
+                    large: tuple[int, int] = (3000, 2500)) -> dict[str, Any]:
+    notes = iter(notes_for(seg.tokenizer, repeats + reprompts + 24))
     rng = np.random.default_rng(0)
 
     def new_image() -> np.ndarray:
@@ -232,6 +233,16 @@ def bench_inference(seg: Segmenter, ref, size: int, repeats: int, reprompts: int
     image2 = new_image()
     features_s = clock(lambda: seg.image_features(image2))
     log(f"  re-prompt {statistics.median(reprompt) * 1e3:.1f} ms")
+
+    # A radiograph as it comes (16-bit, thousands of pixels a side): the window, the
+    # resize and the full-size output maps add to the model's time.
+    large_first, large_reprompt = [], []
+    for _ in range(3):
+        big, note = (rng.random(large) * 4095).astype(np.uint16), next(notes)
+        large_first.append(clock(lambda big=big, note=note: seg.segment(big, note)))
+    for _ in range(5):
+        note = next(notes)
+        large_reprompt.append(clock(lambda note=note: seg.segment(big, note)))
     return {
         "first_prompt": summary(first),
         "first_prompt_known_note": summary(first_known),
@@ -241,6 +252,8 @@ def bench_inference(seg: Segmenter, ref, size: int, repeats: int, reprompts: int
         "reprompt_text_encoder": summary(text_s),
         "reprompt_without_text": summary(rest_s),
         "image_features_once_s": features_s,
+        "large_image": {"shape": list(large), "dtype": "uint16", "first_prompt": summary(large_first),
+                        "reprompt": summary(large_reprompt)},
     }
 
 
@@ -405,6 +418,11 @@ def render(r: dict[str, Any]) -> str:
             f"of which the new note's text encoder {inf['reprompt_text_encoder']['median'] * 1e3:.1f} ms "
             f"and the rest (folded KxK conv C->1, sigmoid, resize, numpy) "
             f"{inf['reprompt_without_text']['median'] * 1e3:.1f} ms."),
+            *([(f"- A {inf['large_image']['shape'][0]}x{inf['large_image']['shape'][1]} 16-bit "
+                "radiograph (percentile window, resize, maps at full size; no target): first "
+                f"prompt {inf['large_image']['first_prompt']['median']:.3f}, re-prompt "
+                f"{inf['large_image']['reprompt']['median'] * 1e3:.0f} ms.")]
+              if "large_image" in inf else []),
             (f"- Training (Adam, L_c + L_s through the gradient reversal, both decoders, batch "
             f"{tr['batch']}): per image {tr['train_step_per_image']['min']:.3f} / "
             f"{tr['train_step_per_image']['median']:.3f} fast, "

