@@ -279,6 +279,7 @@ def test_fine_tune_writes_a_checkpoint_and_swaps_the_model(
     fine.folder.value = tmp_path / "annotations"
     _add_cases(qtbot, viewer, seg, fine, 3)
     fine.epochs.value, fine.val_share.value = 2, 0.34
+    qtbot.waitUntil(fine.optimizer_ready.is_set, timeout=60_000)  # started when the widget opened
     with TickRecorder() as ticks:
         worker = fine.start()
         assert worker is not None
@@ -331,3 +332,41 @@ def test_holder_reloads_a_checkpoint_rewritten_in_place(tiny_checkpoint):
     os.utime(tiny_checkpoint, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     again = holder.get(source, "cpu")
     assert again is not first and not again.weights_file_rewritten()
+
+
+GL_THEN_TRAIN = """
+import sys, time
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_causalseg.widgets import FineTuneWidget
+from napari_causalseg.widgets._llvm_guard import system_llvm_loaded
+
+viewer = napari.Viewer()  # shown: its OpenGL context is made now
+app = QApplication.instance()
+for _ in range(20):
+    app.processEvents()
+    time.sleep(0.02)
+assert "torch._dynamo" not in sys.modules and "triton" not in sys.modules
+llvm = system_llvm_loaded()
+fine = FineTuneWidget(viewer)  # the first optimizer: torch imports torch._dynamo (and Triton)
+deadline = time.time() + 120
+while not fine.optimizer_ready.is_set() and time.time() < deadline:
+    app.processEvents()
+    time.sleep(0.02)
+assert fine.optimizer_ready.is_set() and "torch._dynamo" in sys.modules
+print("llvm" if llvm else "no-llvm", "triton-blocked" if sys.modules.get("triton", 0) is None else "")
+viewer.close()
+"""
+
+
+def test_training_after_opengl_loaded_llvm_does_not_crash(tmp_path):
+    """Mesa's OpenGL (llvmpipe here under Xvfb) loads the system's libLLVM; torch's first
+    optimizer then imports Triton, whose own LLVM crashed the whole process (SIGSEGV)
+    before `_llvm_guard`. A fresh process, so that torch._dynamo is not imported yet."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path)}  # the default annotation folder
+    out = subprocess.run([sys.executable, "-c", GL_THEN_TRAIN], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, f"rc {out.returncode}\n{out.stderr[-3000:]}"
+    if "no-llvm" in out.stdout:
+        pytest.skip("this display's OpenGL does not load a system LLVM: nothing to guard against")
+    assert "llvm triton-blocked" in out.stdout

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,9 @@ from ..engine.atomic import atomic_write
 from ..engine.checkpoint import load_checkpoint
 from ..engine.data.readers import AnnotationStore, Case, safe_case_name, to_gray
 from ..engine.evaluate import evaluate_cases
-from ..engine.trainer import TrainConfig, Trainer
+from ..engine.trainer import TrainConfig, Trainer, preload_optimizer_imports
 from ._layers import NOTE_KEY, SOURCE_KEY, image_array
+from ._llvm_guard import block_triton_if_llvm_loaded
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -96,6 +98,20 @@ class FineTuneWidget(Container):
             event.connect(lambda _e: self._reset_layer_choices())
         self._reset_layer_choices()
         self.refresh_cases()
+        self.optimizer_ready = threading.Event()
+        self._preload_optimizer()
+
+    def _preload_optimizer(self) -> None:
+        """torch's optimizer imports, in the background now rather than on Start."""
+        block_triton_if_llvm_loaded()  # before anything can import Triton (see _llvm_guard)
+
+        @thread_worker(ignore_errors=True)  # a failure here shows again, clearly, on Start
+        def work() -> None:
+            preload_optimizer_imports()
+
+        worker = work()
+        worker.finished.connect(self.optimizer_ready.set)
+        worker.start()
 
     # layers ------------------------------------------------------------------
     def _layers_of(self, kind: str):
@@ -201,6 +217,7 @@ class FineTuneWidget(Container):
         if self.worker is not None:
             show_error("Fine-tuning is already running")
             return None
+        block_triton_if_llvm_loaded()  # the optimizer would load Triton (see _llvm_guard)
         try:
             cases = self.refresh_cases()
             if not cases:

@@ -40,6 +40,7 @@ from ._layers import (
     rethreshold,
     show_result,
 )
+from ._llvm_guard import block_triton_if_llvm_loaded
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -202,6 +203,7 @@ class SegmentWidget(Container):
 
     # work ----------------------------------------------------------------------
     def _start(self, worker: Any) -> Any:
+        block_triton_if_llvm_loaded()  # first-use demo training builds an optimizer (see _llvm_guard)
         self._workers.add(worker)
         worker.finished.connect(lambda: self._workers.discard(worker))
         worker.start()
