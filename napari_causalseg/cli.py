@@ -25,6 +25,16 @@ class CLIError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _threshold(text: str) -> float:
     """argparse type: a usage error (exit 2) naming the bad value."""
     from .engine.segmenter import check_threshold
@@ -41,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Text-guided lesion segmentation of chest X-rays (CausalCLIPSeg).",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads for torch (default: one per core); lower it when other "
+                        "heavy processes share the cores, which otherwise slow each other badly")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="write a synthetic chest X-ray data set (LViT layout)")
@@ -329,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -133,6 +133,22 @@ def test_data_and_note_errors(capsys, synth_dir, tmp_path):
     assert rc == 1 and "no " in err and "last.safetensors" in err
 
 
+def test_threads_option(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        rc, out, _ = run(capsys, "--threads", "1", "info", "--model", "tiny")
+        assert rc == 0 and json.loads(out)["config"]["name"] == "tiny"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as info:
+        main(["--threads", "0", "info"])
+    assert info.value.code == 2
+    assert "expected a whole number of at least 1, got '0'" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_2():
     out = subprocess.run([sys.executable, "-m", "napari_causalseg.cli", "train"],
                          capture_output=True, text=True)
