@@ -42,6 +42,11 @@ def check_threshold(threshold: float) -> float:
     return value
 
 
+def threshold_mask(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """The lesion mask (uint8 0/1): pixels with probability >= threshold."""
+    return (probability >= check_threshold(threshold)).astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class SegmenterConfig:
     device: str = "auto"
@@ -83,7 +88,7 @@ class SegmentationResult:
 
     def rethreshold(self, threshold: float) -> np.ndarray:
         """A new mask from the kept probability map, without rerunning the model."""
-        return (self.probability >= check_threshold(threshold)).astype(np.uint8)
+        return threshold_mask(self.probability, threshold)
 
 
 class Segmenter:
@@ -201,7 +206,7 @@ class Segmenter:
             probability = torch.sigmoid(resize_to(logits.float(), feats.shape))[0, 0]
         prob = probability.cpu().numpy()
         return SegmentationResult(
-            mask=(prob >= threshold).astype(np.uint8),
+            mask=threshold_mask(prob, threshold),
             probability=prob,
             confounder=feats.confounder.copy(),  # the cache keeps its own
             note=tokens.note,

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.segmenter import threshold_mask
+
 LESION_SUFFIX = " lesion"
 CONFOUNDER_SUFFIX = " confounders"
 NOTE_KEY = "note"  # image layer metadata: the note shown to the user (sample data sets it)
@@ -105,7 +107,7 @@ def rethreshold(labels_layer: Any, probability: np.ndarray, threshold: float) ->
     """Replace an unedited lesion layer's mask from the kept probability map."""
     if user_edited(labels_layer):
         return False
-    mask = (probability >= threshold).astype(np.uint8)
+    mask = threshold_mask(probability, threshold)
     labels_layer.data = mask
     labels_layer.metadata[MASK_HASH_KEY] = mask_hash(mask)
     labels_layer.metadata.setdefault(SOURCE_KEY, {})["threshold"] = threshold
