@@ -88,6 +88,23 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     t.add_argument("--nproc", type=int, default=1, help="processes for DDP on this machine (uses torchrun)")
 
+    f = sub.add_parser("finetune", help="fine-tune on corrected cases within a time budget (the GUI's workflow)")
+    f.add_argument("data_dir", type=Path, help="an annotation folder or any data set layout")
+    f.add_argument("--checkpoint", type=Path, default=None, help="start model (default: the bundled demo model)")
+    f.add_argument("--out", type=Path, default=None,
+                   help="folder for the new checkpoint (default: <annotation folder>/models)")
+    f.add_argument("--minutes", type=float, default=5.0, help="training time budget (default 5)")
+    f.add_argument("--epochs", type=_positive_int, default=None, help="default: as many as the budget allows")
+    f.add_argument("--lr", type=float, default=None, help="default: 1e-3 (no CLIP weights) or 1e-4")
+    f.add_argument("--batch-size", type=_positive_int, default=None, help="default: up to 8")
+    f.add_argument("--freeze-encoders", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the CLIP towers fixed (default: when CLIP-initialised and < 500 cases)")
+    f.add_argument("--lambda", dest="lam", type=float, default=0.05, help="weight of L_s (paper: 0.05)")
+    f.add_argument("--no-augment", action="store_true", help="no flips (with mirrored notes), pose or exposure changes")
+    f.add_argument("--name", default=None, help="name of the new checkpoint (default: finetuned-<time>)")
+    f.add_argument("--device", default="auto")
+    f.add_argument("--seed", type=int, default=0)
+
     e = sub.add_parser("evaluate", help="Dice/IoU (per-image and global) on a split, as JSON")
     e.add_argument("data_dir", type=Path)
     e.add_argument("--checkpoint", type=Path, default=None, help="default: the bundled demo model")
@@ -201,12 +218,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .engine.finetune import Finetune, FinetuneConfig
+
+    if not args.data_dir.exists():
+        raise CLIError(f"data folder not found: {args.data_dir}")
+    try:
+        config = FinetuneConfig(
+            checkpoint=args.checkpoint, out_dir=args.out, minutes=args.minutes, epochs=args.epochs,
+            lr=args.lr, batch_size=args.batch_size, freeze_encoders=args.freeze_encoders,
+            lam=args.lam, augment=not args.no_augment, device=args.device, seed=args.seed,
+            name=args.name,
+        )
+        job = Finetune(args.data_dir, config)
+        _ = job.out_dir  # a data set without --out fails now, not after training
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"fine-tuning on {len(job.splits.train)} case(s), validating on {len(job.splits.val)} "
+          f"({job.splits.layout} layout)", file=sys.stderr)
+    result = None
+    for event in _show_progress(job.run(), job.cancel, show=True, summary=sys.stderr):
+        if event.kind in ("baseline", "plan", "prepare", "finished") and event.message:
+            print(event.message, file=sys.stderr)
+        if event.kind == "finished":
+            result = event.result
+    if result is None or result.checkpoint is None:
+        raise CLIError("fine-tuning was cancelled; no model was written")
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
 def _train_with_progress(trainer, show: bool) -> None:
+    for _event in _show_progress(trainer.run(), trainer.cancel, show):
+        pass
+
+
+def _show_progress(events, cancel, show: bool, summary=None):
+    """Terminal progress for trainer events (a bar per epoch, a line per epoch, the
+    trainer's JSON summary on `summary`, default stdout); passes every event on. Ctrl-C
+    cancels between steps."""
     from tqdm import tqdm
 
     bar = None
     try:
-        for event in trainer.run():
+        for event in events:
+            yield event
             if not show:
                 continue
             if event.kind == "step":
@@ -231,10 +287,10 @@ def _train_with_progress(trainer, show: bool) -> None:
                 print(json.dumps({"stopped": event.stopped, "epochs": event.epoch,
                                   "best_val_dice_per_image": event.best_dice,
                                   "best": str(event.best_path) if event.best_path else None,
-                                  "elapsed_s": round(event.elapsed_s, 1)}))
+                                  "elapsed_s": round(event.elapsed_s, 1)}), file=summary or sys.stdout)
     except KeyboardInterrupt:
-        trainer.cancel()
-        raise CLIError("interrupted; best.safetensors and last.safetensors hold the last finished epoch") from None
+        cancel()
+        raise CLIError("interrupted; no finished epoch or model was lost") from None
     finally:
         if bar is not None:
             bar.close()
@@ -333,7 +389,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"synth": cmd_synth, "train": cmd_train, "evaluate": cmd_evaluate,
+COMMANDS = {"synth": cmd_synth, "train": cmd_train, "finetune": cmd_finetune, "evaluate": cmd_evaluate,
             "segment": cmd_segment, "info": cmd_info}
 
 

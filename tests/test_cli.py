@@ -161,3 +161,56 @@ def test_usage_errors_exit_2():
     out = subprocess.run([sys.executable, "-m", "napari_causalseg.cli", "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "segment" in out.stdout
+
+
+def _sgseg_copy(root, counts):
+    """A small SGSeg-layout copy (synthetic pixels) holding only the given splits."""
+    from napari_causalseg.engine.data.synth import SynthConfig, generate
+
+    ann = {}
+    for split, n in counts.items():
+        d = root / "images" / split
+        (d / "images").mkdir(parents=True)
+        (d / "masks").mkdir(parents=True)
+        ann[split] = []
+        for i, case in enumerate(generate(n, seed=len(split), cfg=SynthConfig(size=64))):
+            name = f"{split}_{i}.png"
+            Image.fromarray(case.image).save(d / "images" / name)
+            Image.fromarray(case.mask.astype(np.uint8) * 255).save(d / "masks" / f"mask_{name}")
+            ann[split].append({"image_path": f"mask_{name}", "caption": case.note})
+    (root / "prompts").mkdir()
+    full = {"train": [], "valid": [], "test": [], **ann}
+    (root / "prompts" / "annotation.json").write_text(json.dumps(full))
+    return root
+
+
+def test_finetune_then_evaluate_a_copy_that_holds_only_the_test_split(capsys, tmp_path):
+    import torch
+
+    from napari_causalseg.engine import CausalCLIPSeg, get_config, save_checkpoint
+
+    cfg = get_config("tiny")
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    start = tmp_path / "start.safetensors"
+    save_checkpoint(start, CausalCLIPSeg(replace(cfg, vision=replace(cfg.vision, image_size=64))))
+    data = _sgseg_copy(tmp_path / "QaTa", {"train": 6, "valid": 5, "test": 3})
+    rc, out, err = run(capsys, "finetune", str(data), "--checkpoint", str(start), "--epochs", "1",
+                       "--device", "cpu")
+    assert rc == 1 and "out_dir" in err  # a data set is not an annotation folder
+    rc, out, err = run(capsys, "finetune", str(data), "--checkpoint", str(start), "--epochs", "2",
+                       "--out", str(tmp_path / "models"), "--name", "ft", "--device", "cpu")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["checkpoint"] == str(tmp_path / "models" / "ft.safetensors")
+    assert {"per_image", "global"} <= set(result["before"]) and {"per_image", "global"} <= set(result["after"])
+    assert result["plan"]["epochs"] == 2 and result["verdict"] in ("improved", "worse", "no clear change")
+    assert "fine-tuning on 6 case(s), validating on 5" in err
+    test_only = _sgseg_copy(tmp_path / "test-only", {"test": 3})
+    rc, out, err = run(capsys, "evaluate", str(test_only), "--checkpoint", str(result["checkpoint"]),
+                       "--split", "test", "--device", "cpu")
+    assert rc == 0, err
+    assert json.loads(out)["per_image"]["n"] == 3
+    rc, out, err = run(capsys, "finetune", str(test_only), "--checkpoint", str(start), "--out", str(tmp_path))
+    assert rc == 1 and "no training cases" in err and "images/train" in err

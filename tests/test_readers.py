@@ -503,7 +503,7 @@ def test_store_round_trip(tmp_path):
     assert set(np.unique(np.asarray(Image.open(c8.mask_path))).tolist()) == {0, 255}
     np.testing.assert_array_equal(load_mask(c8.mask_path), _mask(1))
     assert store.meta("a") == {"by": "me", "split": "val"}
-    assert store.meta("b") == {}
+    assert store.meta("b") == {"split": "train"}  # decided when added
     assert store.case("b") == c16
 
 
@@ -580,7 +580,7 @@ def test_store_failed_swap_restores_old_case(tmp_path, monkeypatch):
     assert os.listdir(store.cases_dir) == ["p1"]
     # A successful overwrite replaces every file, including a format change PNG -> TIFF.
     c = store.add_case("p1", _image(2, np.uint16), _mask(2), "second version")
-    assert sorted(os.listdir(store.cases_dir / "p1")) == ["image.tif", "mask.png", "note.txt"]
+    assert sorted(os.listdir(store.cases_dir / "p1")) == ["image.tif", "mask.png", "meta.json", "note.txt"]
     assert store.cases() == [c]
 
 

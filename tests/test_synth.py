@@ -33,6 +33,7 @@ from napari_causalseg.engine.notes import (
     SIDES,
     ZONES,
     make_note,
+    mirror_zones,
     parse_note,
 )
 
@@ -129,7 +130,7 @@ def test_looks_like_a_radiograph():
 def test_note_grammar_and_structured_fields(cases):
     for c in cases:
         lat, count, zones = parse_note(c.note)
-        assert zones == c.zones and lat == c.laterality
+        assert zones == c.note_zones and lat == c.laterality
         if not c.zones:
             assert c.note == HEALTHY_NOTE and not c.mask.any()
             continue
@@ -141,6 +142,21 @@ def test_note_grammar_and_structured_fields(cases):
         assert m.group(1) == ("Bilateral" if len(sides) == 2 else "Unilateral")
         if m.group(6):  # two sides: left listed first, as in the QaTa examples
             assert (m.group(5), m.group(7)) == ("left", "right")
+
+
+def test_notes_name_image_sides_as_qata_does_unless_asked_for_patient_sides():
+    """QaTa-COV19's captions say "right lung" for the lung on the image's right."""
+    for note_sides in ("image", "patient"):
+        for c in generate(12, seed=5, cfg=SynthConfig(note_sides=note_sides)):
+            if c.laterality != "unilateral":
+                continue
+            named = parse_note(c.note)[2][0][0]
+            w = c.mask.shape[1] // 2
+            on_image_right = c.mask[:, w:].sum() > c.mask[:, :w].sum()
+            assert (named == "right") == (on_image_right == (note_sides == "image")), (note_sides, c.note)
+            assert c.note_zones == (mirror_zones(c.zones) if note_sides == "image" else c.zones)
+    with pytest.raises(ValueError, match="note_sides"):
+        SynthConfig(note_sides="viewer")
 
 
 def test_make_and_parse_note_round_trip_every_layout():

@@ -1,16 +1,22 @@
 """The QaTa-COV19 note grammar: compose a note from lung zones, or read zones back.
 
 "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
-Sides are the patient's (the left lung is on the image's right). The count word is the
-number of (side, zone) areas; laterality follows from the sides. Deriving both from the
-zones keeps a composed note true to itself.
+The count word is the number of (side, zone) areas; laterality follows from the sides.
+Deriving both from the zones keeps a composed note true to itself.
+
+Which side is "left": QaTa-COV19's captions name the sides as the image shows them (the
+viewer's left and right), not the patient's as radiology reports do. On SGSeg's copy, of
+237 unilateral training cases 223 have their mask on the image half the caption names.
+Models trained on QaTa (and this package's synthetic data, which follows QaTa) read notes
+that way; `NOTE_SIDES` names the convention and `mirror_zones` converts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-SIDES = ("left", "right")  # patient sides, in note order
+SIDES = ("left", "right")  # in note order
+NOTE_SIDES = "image"  # QaTa-COV19's convention: "left lung" = the lung on the image's left
 ZONES = ("upper", "middle", "lower")
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
 HEALTHY_NOTE = "No pulmonary infection, no infected area."
@@ -72,3 +78,14 @@ def laterality(zones: Sequence[tuple[str, str]]) -> str:
 
 def sorted_zones(zones: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return sorted(set(zones), key=lambda sz: (SIDES.index(sz[0]), ZONES.index(sz[1])))
+
+
+def mirror_zones(zones: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The same areas with left and right swapped: a horizontal flip of the image, or
+    patient sides to image sides (a PA radiograph shows the patient's right on the left)."""
+    return sorted_zones([("right" if side == "left" else "left", zone) for side, zone in zones])
+
+
+def mirror_note(note: str) -> str:
+    """The note of the horizontally flipped image (QaTa grammar; ValueError otherwise)."""
+    return make_note(mirror_zones(parse_note(note)[2]))

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from .. import __version__
 from .atomic import atomic_write, atomic_write_text
+from .augment import NO_AUGMENTATION, AugmentConfig, augment_batch
 from .checkpoint import save_checkpoint
 from .data.dataset import CaseDataset
 from .data.readers import Case
@@ -54,6 +55,9 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # cap, for quick runs; None = the whole split
     sync_batchnorm: bool = True  # under DDP on CUDA: BN statistics over all ranks
     truncate_notes: bool = False  # opt-in: cut notes longer than the context (reported)
+    augment: AugmentConfig = NO_AUGMENTATION  # note-preserving flips, pose and exposure
+    val_every: int = 1  # validate every N epochs (and after the last); validation costs time
+    max_seconds: float | None = None  # wall-clock guard: stop between steps past it (kept)
 
 
 @dataclass
@@ -74,7 +78,9 @@ class TrainEvent:
     best_dice: float | None = None
     eta_s: float | None = None
     elapsed_s: float = 0.0
-    stopped: str | None = None  # 'early', 'cancelled', 'max_epochs' on the 'done' event
+    stopped: str | None = None  # 'early', 'cancelled', 'max_epochs', 'time_limit' on 'done'
+    message: str | None = None  # what a workflow around the trainer is doing (finetune.py)
+    result: Any = None  # on a workflow's 'finished' event: its result (finetune.FinetuneResult)
     best_path: Path | None = None
 
 
@@ -174,6 +180,7 @@ class Trainer:
             self.optimizer, T_max=max(config.epochs, 1)
         )
         self._loader_generator = torch.Generator().manual_seed(config.seed)
+        self._augment_generator = torch.Generator().manual_seed(config.seed + 1)
 
     # control -----------------------------------------------------------------
     def cancel(self) -> None:
@@ -244,14 +251,16 @@ class Trainer:
             for step, batch in enumerate(self._train_loader(epoch)):
                 if step >= steps:
                     break
-                if self.cancelled:
+                if self.cancelled or self._out_of_time(start):
                     break
                 t0 = time.perf_counter()
+                images, masks, tokens = augment_batch(
+                    batch["image"].to(self.device), batch["mask"].to(self.device),
+                    batch["tokens"].to(self.device), batch["mirrored_tokens"].to(self.device),
+                    batch["can_flip"], cfg.augment, self._augment_generator,
+                )
                 with self._autocast():
-                    terms = causal_objective(
-                        self.net, batch["image"].to(self.device), batch["tokens"].to(self.device),
-                        batch["mask"].to(self.device), cfg.lam,
-                    )
+                    terms = causal_objective(self.net, images, tokens, masks, cfg.lam)
                 self.optimizer.zero_grad(set_to_none=True)
                 terms.backward.backward()
                 self.optimizer.step()
@@ -271,12 +280,17 @@ class Trainer:
             if self.cancelled:
                 stopped = "cancelled"
                 break
+            out_of_time = self._out_of_time(start)
             self._sync_buffers()
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             p.epoch = epoch + 1
-            val = self.evaluate()
-            score = val["per_image"]["dice"] if val else -sums[1] / max(seen, 1)
+            due = p.epoch % max(cfg.val_every, 1) == 0 or p.epoch == cfg.epochs or out_of_time
+            val = self.evaluate() if due else None
+            if due or not self.val_set:
+                score = val["per_image"]["dice"] if val else -sums[1] / max(seen, 1)
+            else:
+                score = -math.inf  # not validated this epoch: cannot become the best
             improved = score > p.best_score
             if improved:
                 p.best_score, p.best_epoch = score, p.epoch
@@ -297,6 +311,9 @@ class Trainer:
                 best_dice=p.best_dice, elapsed_s=record["elapsed_s"],
                 eta_s=float(np.median(step_times[-20:])) * steps * (cfg.epochs - p.epoch) if step_times else None,
             )
+            if out_of_time:
+                stopped = "time_limit"
+                break
             if p.epoch - p.best_epoch >= cfg.patience:
                 stopped = "early"
                 break
@@ -308,6 +325,10 @@ class Trainer:
             best_dice=p.best_dice,
             elapsed_s=time.perf_counter() - start, stopped=stopped, best_path=best_path,
         )
+
+    def _out_of_time(self, start: float) -> bool:
+        limit = self.config.max_seconds
+        return limit is not None and time.perf_counter() - start > limit
 
     def _sync_buffers(self) -> None:
         """BatchNorm running statistics are per rank under DDP (each saw its own last
@@ -355,6 +376,7 @@ class Trainer:
         if torch.cuda.is_available() and self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         tensors["rng.loader"] = self._loader_generator.get_state()
+        tensors["rng.augment"] = self._augment_generator.get_state()
         opt = self.optimizer.state_dict()
         for idx, state in opt["state"].items():
             for name, value in state.items():
@@ -397,6 +419,8 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self._loader_generator.set_state(tensors["rng.loader"])
+        if "rng.augment" in tensors:  # states written before augmentation existed lack it
+            self._augment_generator.set_state(tensors["rng.augment"])
         random.setstate(_restore_random_state(meta["python_random"]))
         name, keys, pos, has_gauss, cached = meta["numpy_random"]
         np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))  # noqa: NPY002

@@ -1,23 +1,24 @@
-""""Fine-tune": save corrected cases at once, then fine-tune in the background.
+""""Fine-tune": save corrected cases at once, then fine-tune in a child process.
 
 Every "Add case" writes the image, the corrected mask and the note to the annotation
-folder immediately (atomically), so a crash never loses a correction. Training runs
-the engine's Trainer in a napari thread worker; Cancel stops it between steps and
-keeps the previous model. A finished run is saved as a new checkpoint next to the
-earlier ones (rollback = pick an older file) and swapped into "Segment from note".
+folder immediately (atomically), so a crash never loses a correction; the case's split
+(every fifth case is held out for validation) is decided then and never changes.
+Training runs the engine's fine-tuning workflow (engine/finetune.py) in a separate Python
+process: napari never builds an optimizer, a crash of the run (segfault, out of memory,
+kill) becomes a notification, and the run's memory goes back to the system when it ends.
+Cancel stops it between steps and keeps the previous model. A finished run is a new
+checkpoint in <folder>/models/ beside the earlier ones (rollback = pick an older file),
+swapped into "Segment from note" unless validation showed it is worse.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
-    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -29,15 +30,13 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import thread_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..engine.atomic import atomic_write
-from ..engine.checkpoint import load_checkpoint
 from ..engine.data.readers import AnnotationStore, Case, safe_case_name, to_gray
-from ..engine.evaluate import evaluate_cases
-from ..engine.trainer import TrainConfig, Trainer, preload_optimizer_imports
+from ..engine.finetune import FinetuneConfig
+from ..engine.finetune_process import FinetuneCrashed, FinetuneFailed, FinetuneProcess
+from ..engine.sources import CHECKPOINT, DEMO
 from ._layers import NOTE_KEY, SOURCE_KEY, image_array
-from ._llvm_guard import block_triton_if_llvm_loaded
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -50,14 +49,6 @@ def default_annotation_dir() -> Path:
     return Path(user_data_dir("napari-causalseg")) / "annotations"
 
 
-def split_cases(cases: list[Case], val_share: float) -> tuple[list[Case], list[Case]]:
-    """Last share of the (sorted) cases for validation; at least one case for training."""
-    cases = sorted(cases, key=lambda c: c.name)
-    n_val = int(round(len(cases) * val_share)) if len(cases) > 1 else 0
-    n_val = min(n_val, len(cases) - 1)
-    return cases[: len(cases) - n_val], cases[len(cases) - n_val:]
-
-
 class FineTuneWidget(Container):
     """Dock widget: collect corrected cases and fine-tune the current model on them."""
 
@@ -66,8 +57,9 @@ class FineTuneWidget(Container):
         self.viewer = viewer
         self._segment_widget = segment_widget
         self.worker: Any | None = None
-        self.trainer: Trainer | None = None
+        self.process: FinetuneProcess | None = None
         self.last_checkpoint: Path | None = None
+        self.last_result: dict[str, Any] | None = None
         self._cancel_requested = False
 
         self.folder = FileEdit(label="Annotation folder", mode="d", value=default_annotation_dir())
@@ -75,17 +67,20 @@ class FineTuneWidget(Container):
         self.labels = ComboBox(label="Corrected mask", choices=self._layers_of("Labels"), nullable=True)
         self.add_button = PushButton(text="Add case")
         self.cases = Select(label="Cases", choices=[], allow_multiple=True)
-        self.epochs = SpinBox(label="Epochs", min=1, max=1000, value=10)
-        self.lr = FloatSpinBox(label="Learning rate", min=1e-7, max=1e-1, step=1e-5, value=1e-4)
+        self.minutes = FloatSpinBox(label="Time budget (min)", min=0.5, max=24 * 60, step=0.5, value=5.0)
+        self.epochs = SpinBox(label="Epochs", min=0, max=2000, value=0)
+        self.epochs.native.setSpecialValueText("auto (fill the budget)")
+        self.lr = FloatSpinBox(label="Learning rate", min=0.0, max=1e-1, step=1e-5, value=0.0)
         self.lr.native.setDecimals(7)
+        self.lr.native.setSpecialValueText("auto")
         self.lam = FloatSpinBox(label="Lambda (L_s weight)", min=0.0, max=1.0, step=0.01, value=0.05)
-        self.freeze = CheckBox(text="Freeze CLIP encoders", value=True)
-        self.val_share = FloatSpinBox(label="Validation share", min=0.0, max=0.9, step=0.05, value=0.2)
+        self.freeze = ComboBox(label="Freeze CLIP encoders",
+                               choices=[("auto", None), ("yes", True), ("no", False)], value=None)
         self.start_button = PushButton(text="Start fine-tuning")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
-        self.extend([self.folder, self.image, self.labels, self.add_button, self.cases, self.epochs,
-                     self.lr, self.lam, self.freeze, self.val_share, self.start_button,
+        self.extend([self.folder, self.image, self.labels, self.add_button, self.cases, self.minutes,
+                     self.epochs, self.lr, self.lam, self.freeze, self.start_button,
                      self.cancel_button, self.status])
 
         self.add_button.changed.connect(lambda _: self.add_case())
@@ -98,20 +93,6 @@ class FineTuneWidget(Container):
             event.connect(lambda _e: self._reset_layer_choices())
         self._reset_layer_choices()
         self.refresh_cases()
-        self.optimizer_ready = threading.Event()
-        self._preload_optimizer()
-
-    def _preload_optimizer(self) -> None:
-        """torch's optimizer imports, in the background now rather than on Start."""
-        block_triton_if_llvm_loaded()  # before anything can import Triton (see _llvm_guard)
-
-        @thread_worker(ignore_errors=True)  # a failure here shows again, clearly, on Start
-        def work() -> None:
-            preload_optimizer_imports()
-
-        worker = work()
-        worker.finished.connect(self.optimizer_ready.set)
-        worker.start()
 
     # layers ------------------------------------------------------------------
     def _layers_of(self, kind: str):
@@ -166,7 +147,9 @@ class FineTuneWidget(Container):
         except (ValueError, OSError) as exc:
             self.status.value = f"Annotation folder unusable: {exc}"
             return []
-        self.cases.choices = [c.name for c in cases]
+        splits = self.store.splits()
+        self.cases.choices = [(f"{c.name} (validation)" if splits[c.name] == "val" else c.name, c.name)
+                              for c in cases]
         self.status.value = f"{len(cases)} case(s) in {self.folder.value}"
         return cases
 
@@ -199,7 +182,9 @@ class FineTuneWidget(Container):
             while name in taken:  # several corrections within one second
                 i += 1
                 name = safe_case_name(f"{image_layer.name}-{stamp}-{i}")
+            split = store.next_split()
             case = store.add_case(name, image, mask, note, meta={
+                "split": split,
                 "image_layer": image_layer.name, "labels_layer": labels_layer.name,
                 "added": _dt.datetime.now().isoformat(timespec="seconds"),
                 "model": labels_layer.metadata.get(SOURCE_KEY, {}).get("model"),
@@ -208,105 +193,117 @@ class FineTuneWidget(Container):
             show_error(f"Add case failed: {exc}")
             return None
         self.refresh_cases()
-        show_info(f"Saved case '{case.name}' to {self.folder.value}")
+        held_out = " (held out for validation, as every fifth case is)" if split == "val" else ""
+        show_info(f"Saved case '{case.name}' to {self.folder.value}{held_out}")
         return case
 
     # training ----------------------------------------------------------------
+    def finetune_config(self) -> FinetuneConfig:
+        """The run the widget's settings describe, starting from Segment's current model."""
+        widget = self.segment_widget
+        if widget is None:
+            raise ValueError("open 'Segment from note' first: fine-tuning starts from its model")
+        source = widget.model_source()
+        if source.kind not in (DEMO, CHECKPOINT):
+            raise ValueError("fine-tuning starts from a checkpoint: choose the demo model or a "
+                             "checkpoint file in 'Segment from note'")
+        return FinetuneConfig(
+            checkpoint=source.path if source.kind == CHECKPOINT else None,
+            out_dir=Path(self.folder.value) / "models", minutes=float(self.minutes.value),
+            epochs=self.epochs.value or None, lr=self.lr.value or None,
+            freeze_encoders=self.freeze.value, lam=float(self.lam.value), device=widget.device.value,
+        )
+
     def start(self) -> Any | None:
-        """Fine-tune in a worker; returns it (tests wait on it)."""
+        """Fine-tune in a child process; returns the worker that relays its events."""
         if self.worker is not None:
             show_error("Fine-tuning is already running")
             return None
-        block_triton_if_llvm_loaded()  # the optimizer would load Triton (see _llvm_guard)
         try:
             cases = self.refresh_cases()
             if not cases:
                 raise ValueError("add at least one corrected case first")
-            widget = self.segment_widget
-            if widget is None:
-                raise ValueError("open 'Segment from note' first: fine-tuning starts from its model")
-            source, device = widget.model_source(), widget.device.value
-            train, val = split_cases(cases, self.val_share.value)
-            config = TrainConfig(epochs=self.epochs.value, batch_size=min(4, len(train)),
-                                 lr=self.lr.value, lam=self.lam.value, patience=self.epochs.value,
-                                 freeze_encoders=self.freeze.value, device=device)
+            config = self.finetune_config()
             root = Path(self.folder.value)
-        except ValueError as exc:
+            self.process = process = FinetuneProcess(root, config, log_dir=root / "models" / "logs")
+        except (ValueError, OSError) as exc:
             show_error(f"Cannot start fine-tuning: {exc}")
             return None
         self._cancel_requested = False
 
         @thread_worker(ignore_errors=True)  # errors are shown by our own handlers
-        def work():
-            widget.models.get(source, device)
-            start = widget.models.checkpoint
-            if start is None:
-                raise ValueError("fine-tuning starts from a checkpoint: use the demo model or a "
-                                 "checkpoint file in 'Segment from note'")
-            model, info = load_checkpoint(start)
-            before = evaluate_cases(model, val)["per_image"]["dice"] if val else None
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = root / "runs" / stamp
-            self.trainer = Trainer(model, train, val, config, out_dir=run_dir, provenance={
-                "finetuned_from": str(start), "cases": [c.name for c in cases],
-                "init_provenance": info.provenance})
-            if self._cancel_requested:
-                self.trainer.cancel()
-            for event in self.trainer.run():
+        def relay():  # only reads the child's pipe: no model, no optimizer in napari
+            result = None
+            for event in process.events():
+                if event.get("kind") == "finished":
+                    result = event.get("result")
                 yield event
-            if event.stopped == "cancelled" or event.best_path is None:
-                return {"cancelled": True}
-            best, _ = load_checkpoint(event.best_path)
-            after = evaluate_cases(best, val)["per_image"]["dice"] if val else None
-            target = root / "models" / f"finetuned-{stamp}.safetensors"
-            for suffix in (".safetensors", ".json"):
-                atomic_write(target.with_suffix(suffix),
-                             lambda tmp, s=suffix: shutil.copyfile(event.best_path.with_suffix(s), tmp))
-            return {"cancelled": False, "checkpoint": target, "before": before, "after": after,
-                    "previous": start}
+            return result
 
-        bar = progress(total=config.epochs, desc="Fine-tuning")
-        self.worker = worker = work()
+        bar = progress(total=0, desc="Fine-tuning: starting")
+        self.worker = worker = relay()
         worker.yielded.connect(lambda event: self._on_event(event, bar))
         worker.returned.connect(self._on_done)
-        worker.errored.connect(lambda exc: show_error(f"Fine-tuning failed: {exc}"))
+        worker.errored.connect(self._on_error)
         worker.finished.connect(lambda: self._finished(bar))
         self.start_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = f"Fine-tuning on {len(train)} case(s), validating on {len(val)}…"
+        self.status.value = f"Fine-tuning on the cases in {root} (process {process.pid})…"
         worker.start()
         return worker
 
     def cancel(self) -> None:
         self._cancel_requested = True
-        if self.trainer is not None:
-            self.trainer.cancel()
+        if self.process is not None:
+            self.process.cancel()
         self.status.value = "Cancelling after the current step…"
 
-    def _on_event(self, event: Any, bar: Any) -> None:
-        if event.kind == "step":
-            bar.set_description(f"Fine-tuning epoch {event.epoch}: L_c {event.loss_c:.3f}, L_s {event.loss_s:.3f}")
-        elif event.kind == "epoch":
-            dice = event.val["per_image"]["dice"] if event.val else None
+    def _on_event(self, event: dict[str, Any], bar: Any) -> None:
+        kind = event.get("kind")
+        if kind == "plan":
+            bar.total = max(int(event.get("epochs") or 0), 1)
+            bar.set_description("Fine-tuning")
+            self.status.value = f"Plan: {event.get('message')}"
+        elif kind in ("prepare", "baseline") and event.get("message"):
+            self.status.value = event["message"]
+        elif kind == "step":
+            bar.set_description(f"Fine-tuning epoch {event['epoch']}: L_c {event['loss_c']:.3f}, "
+                                f"L_s {event['loss_s']:.3f}")
+        elif kind == "epoch":
+            val = event.get("val") or {}
+            dice = (val.get("per_image") or {}).get("dice")
             bar.update(1)
-            text = f"epoch {event.epoch}/{event.epochs}: L_c {event.loss_c:.3f}, L_s {event.loss_s:.3f}"
+            text = f"epoch {event['epoch']}/{event['epochs']}: L_c {event['loss_c']:.3f}, L_s {event['loss_s']:.3f}"
             self.status.value = text + (f", val Dice {dice:.3f}" if dice is not None else "")
 
-    def _on_done(self, outcome: dict[str, Any]) -> None:
-        if outcome.get("cancelled"):
+    def _on_done(self, result: dict[str, Any] | None) -> None:
+        self.last_result = result
+        if not result or result.get("checkpoint") is None:
             self.status.value = "Cancelled: the previous model is still in use"
             show_info("Fine-tuning cancelled; the previous model is kept.")
             return
-        self.last_checkpoint = outcome["checkpoint"]
-        before, after = outcome["before"], outcome["after"]
-        summary = (f"validation Dice {before:.3f} -> {after:.3f}" if before is not None
-                   else "no validation cases")
-        self.status.value = f"Saved {self.last_checkpoint.name} ({summary})"
-        show_info(f"Fine-tuned model saved to {self.last_checkpoint} ({summary}); previous: "
-                  f"{outcome['previous']}")
+        self.last_checkpoint = Path(result["checkpoint"])
+        summary = result["summary"]
+        if result["verdict"] == "worse":
+            self.status.value = f"{summary}; the previous model stays in use"
+            show_warning(f"Fine-tuned model {self.last_checkpoint} is worse on the validation cases; "
+                         f"the previous model stays in use. {summary}")
+            return
+        self.status.value = summary
+        show_info(f"Fine-tuned model saved to {self.last_checkpoint}: {summary}")
         if self.segment_widget is not None:
             self.segment_widget.use_checkpoint(self.last_checkpoint)
 
+    def _on_error(self, exc: BaseException) -> None:
+        if isinstance(exc, FinetuneCrashed):
+            text = f"Fine-tuning crashed: {exc} Start it again when ready."
+        elif isinstance(exc, FinetuneFailed):
+            text = f"Fine-tuning failed: {exc}"
+        else:
+            text = f"Fine-tuning failed: {type(exc).__name__}: {exc}"
+        self.status.value = text[:300]
+        show_error(text)
+
     def _finished(self, bar: Any) -> None:
         bar.close()
-        self.worker, self.trainer = None, None
+        self.worker, self.process = None, None
         self.start_button.enabled, self.cancel_button.enabled = True, False

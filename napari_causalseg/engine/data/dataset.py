@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..notes import mirror_note
 from ..preprocess import PreprocessConfig, prepare_image
 from ..tokenizer import NoteError, NoteTokenizer
 from .readers import Case, DatasetError, load_case
@@ -23,12 +24,15 @@ def mask_to_model(mask: np.ndarray, size: int) -> torch.Tensor:
 
 class CaseDataset(torch.utils.data.Dataset):
     """A list of cases read lazily from disk; every note is tokenised up front so a bad
-    note fails at once, naming its case, instead of hours into a run."""
+    note fails at once, naming its case, instead of hours into a run. Each note's mirror
+    (for a horizontal flip, see augment.py) is tokenised too where the note has one."""
 
     def __init__(self, cases: Sequence[Case], tokenizer: NoteTokenizer, image_size: int):
         self.cases = list(cases)
         self.preprocess = PreprocessConfig(size=image_size)
         self.tokens = []
+        self.mirrored_tokens = []
+        self.can_flip = []
         self.truncated: dict[str, str] = {}  # case name -> dropped text (explicit opt-in only)
         for case in self.cases:
             try:
@@ -37,6 +41,9 @@ class CaseDataset(torch.utils.data.Dataset):
                 hint = "" if tokenizer.truncate else " (or train with explicit note truncation)"
                 raise DatasetError(f"case {case.name} ({case.mask_path}): {exc}{hint}") from None
             self.tokens.append(encoded.ids)
+            mirrored = _mirrored_ids(tokenizer, case.note)
+            self.can_flip.append(mirrored is not None)
+            self.mirrored_tokens.append(encoded.ids if mirrored is None else mirrored)
             if encoded.dropped:
                 self.truncated[case.name] = encoded.dropped
 
@@ -49,5 +56,16 @@ class CaseDataset(torch.utils.data.Dataset):
             "image": prepare_image(image, self.preprocess)[0],
             "mask": mask_to_model(mask, self.preprocess.size),
             "tokens": self.tokens[index],
+            "mirrored_tokens": self.mirrored_tokens[index],
+            "can_flip": self.can_flip[index],
             "index": index,
         }
+
+
+def _mirrored_ids(tokenizer: NoteTokenizer, note: str) -> torch.Tensor | None:
+    """Token ids of the flipped image's note, or None where the note has no mirror (not
+    in the QaTa grammar, or too long for the context even though the original fits)."""
+    try:
+        return tokenizer.encode(mirror_note(note), truncate=False).ids
+    except (ValueError, NoteError):
+        return None

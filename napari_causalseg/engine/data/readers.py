@@ -16,8 +16,11 @@ Layouts (see docs/method.md, "Data"):
   membership and order (files that it does not list are ignored and reported in
   ``DatasetSplits.warnings``).
 * ``annotations``: the plugin's own folder, ``cases/<name>/{image.png|image.tif, mask.png,
-  note.txt[, meta.json]}``, written atomically by :class:`AnnotationStore`. A case goes to
-  the split named by ``meta.json``'s ``"split"`` key, else to train.
+  note.txt[, meta.json]}``, written atomically by :class:`AnnotationStore`. A case's split
+  is decided once, when it is added, and stored as ``meta.json``'s ``"split"``: every
+  ``VAL_EVERY``-th case added is held out for validation, so validation cases never
+  train and never move when the folder grows. Cases written before splits were stored
+  get theirs by the same rule in name order (``AnnotationStore.assign_splits`` stores it).
 
 A split without its own validation set gives its LAST ``val_fraction`` to val,
 deterministically (``train = first int((1 - val_fraction) * n)``, exactly Ariadne's Thread's
@@ -47,12 +50,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write_text
+
 LAYOUTS = ("lvit", "mmi_unet", "sgseg", "annotations")
 SPLITS = ("train", "val", "test")
 MASK_PREFIX = "mask_"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _MAX_LISTED = 8  # problems listed in one error message before "... and N more"
+#: Every VAL_EVERY-th case added to an annotation folder is held out for validation (20 %).
+VAL_EVERY = 5
 # ITU-R BT.601 luma, the weights PIL uses for RGB -> "L".
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -654,11 +661,13 @@ def _read_sgseg(root: Path, val_fraction: float, warnings: list[str]) -> dict[st
         if not isinstance(entries, list):
             raise DatasetError(f"{ann_path}: split {key!r} must be a list of entries.")
         folder = _child(images, str(key), "valid" if split == "val" else split, "val" if split == "val" else split)
-        if folder is None:
-            raise DatasetError(
-                f"{ann_path} lists split {key!r} but {images / str(key)} is missing: put its "
-                f"images in {images / str(key) / 'images'} and masks in {images / str(key) / 'masks'}."
+        if folder is None:  # a partial copy (e.g. only the test images): that split is empty
+            warnings.append(
+                f"{ann_path} lists split {key!r} but {images / str(key)} is missing: the "
+                f"{split} split is left empty (its images belong in {images / str(key) / 'images'} "
+                f"and masks in {images / str(key) / 'masks'})."
             )
+            continue
         img_dir, mask_dir = _image_and_mask_dirs(folder, "images", "masks", "SGSeg")
         rows = []
         for i, e in enumerate(entries):
@@ -674,20 +683,19 @@ def _read_sgseg(root: Path, val_fraction: float, warnings: list[str]) -> dict[st
 
 
 def _read_annotations(root: Path, val_fraction: float, warnings: list[str]) -> dict[str, list[Case]]:
+    """Each case in its stored split (``val_fraction`` does not apply: splits are fixed)."""
     store = AnnotationStore(root, create=False)
     out: dict[str, list[Case]] = {s: [] for s in SPLITS}
+    splits = store.splits()
     for case in store.cases():
-        meta_path = case.image_path.parent / "meta.json"
-        meta = _read_meta(meta_path)
-        split = _SPLIT_ALIASES.get(str(meta.get("split", "train")).lower())
-        if split is None:
-            raise DatasetError(
-                f"{meta_path}: unknown split {meta.get('split')!r}; use 'train', 'val' or 'test'."
-            )
-        out[split].append(case)
-    if not out["val"] and out["train"]:
-        out["train"], out["val"] = _tail_split(out["train"], val_fraction)
+        out[splits[case.name]].append(case)
     return out
+
+
+def split_for_new_case(n_cases: int, n_val: int) -> str:
+    """The split of the next case added to a folder holding `n_cases`, `n_val` of them in
+    validation: 'val' for every VAL_EVERY-th case, so the first cases always train."""
+    return "val" if n_val < (n_cases + 1) // VAL_EVERY else "train"
 
 
 _READERS = {
@@ -871,8 +879,14 @@ class AnnotationStore:
                 f"Case {safe!r} ({final}): mask shape {mask.shape} does not match image shape "
                 f"{image.shape[:2]}; draw the mask on the same image."
             )
+        meta = dict(meta or {})
+        if "split" not in meta:  # a replaced case keeps its split; a new one gets the next
+            meta["split"] = self.splits().get(safe) if final.is_dir() else None
+            meta["split"] = meta["split"] or self.next_split()
+        elif _SPLIT_ALIASES.get(str(meta["split"]).lower()) is None:
+            raise DatasetError(f"Case {safe!r}: unknown split {meta['split']!r}; use 'train', 'val' or 'test'.")
         meta_text = None
-        if meta is not None:
+        if meta:
             try:
                 meta_text = json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
             except (TypeError, ValueError) as exc:
@@ -933,6 +947,48 @@ class AnnotationStore:
     def meta(self, name: str) -> dict:
         """The case's meta.json as a dict ({} when absent)."""
         return _read_meta(self.cases_dir / safe_case_name(name) / "meta.json")
+
+    def _stored_splits(self) -> dict[str, str | None]:
+        """Case name -> stored split ('train', 'val', 'test') or None, in name order."""
+        out: dict[str, str | None] = {}
+        for case in self.cases():
+            meta_path = case.image_path.parent / "meta.json"
+            stored = _read_meta(meta_path).get("split")
+            split = None if stored is None else _SPLIT_ALIASES.get(str(stored).lower())
+            if stored is not None and split is None:
+                raise DatasetError(
+                    f"{meta_path}: unknown split {stored!r}; use 'train', 'val' or 'test'."
+                )
+            out[case.name] = split
+        return out
+
+    def splits(self) -> dict[str, str]:
+        """Every case's split: the stored one, or for a case written before splits were
+        stored, the one `split_for_new_case` gives it in name order (see assign_splits)."""
+        out: dict[str, str] = {}
+        n_val = 0
+        for name, split in self._stored_splits().items():
+            out[name] = split or split_for_new_case(len(out), n_val)
+            n_val += out[name] == "val"
+        return out
+
+    def next_split(self) -> str:
+        """The split the next added case gets."""
+        splits = list(self.splits().values())
+        return split_for_new_case(len(splits), splits.count("val"))
+
+    def assign_splits(self) -> list[str]:
+        """Store a split in the meta.json of every case that has none (written atomically),
+        so that later cases cannot move it; returns the names of the cases it wrote."""
+        stored, final = self._stored_splits(), self.splits()
+        written = []
+        for name, split in stored.items():
+            if split is None:
+                meta = {**self.meta(name), "split": final[name]}
+                text = json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+                atomic_write_text(self.cases_dir / name / "meta.json", text)
+                written.append(name)
+        return written
 
     def _read_case(self, folder: Path) -> Case:
         image = next(

@@ -6,8 +6,11 @@ optionally a planted confounder to check that the causal branch ignores it.
 
 Conventions
 -----------
-* Sides are the PATIENT's, as in radiology: the "right lung" is on the IMAGE LEFT and the
-  "left lung" on the IMAGE RIGHT (PA view, patient facing the viewer).
+* Anatomy is laid out for a PA view: the patient's right lung is on the IMAGE LEFT.
+  ``SynthCase.zones`` are the patient's (side, zone) areas. The NOTE names the sides in
+  ``SynthConfig.note_sides``: ``"image"`` by default, as QaTa-COV19's captions do (see
+  ``notes.NOTE_SIDES``), so "lower right lung" is the lower zone on the image's right;
+  ``"patient"`` gives radiology's convention.
 * Zones are the upper / middle / lower thirds of each lung's vertical extent (apex to
   costophrenic angle), with slightly wavy borders. A named zone holds one contiguous
   lesion area; unnamed zones hold none. The count word is the number of (zone, side)
@@ -48,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes
-from ..notes import SIDES, ZONES, laterality, make_note, sorted_zones
+from ..notes import NOTE_SIDES, SIDES, ZONES, laterality, make_note, mirror_zones, sorted_zones
 
 SPLITS = ("train", "val", "test")
 #: zone_map codes: 1..3 left lung (image right) upper..lower, 4..6 right lung (image left).
@@ -65,10 +68,11 @@ class SynthConfig:
 
     size: int = 224
     seed: int = 0
-    # which zones are involved
-    p_bilateral: float = 0.6
-    p_zones_per_side: tuple[float, float, float] = (0.45, 0.30, 0.25)
-    zone_weights: tuple[float, float, float] = (0.22, 0.33, 0.45)  # upper, middle, lower
+    # which zones are involved; QaTa-COV19's training captions: 81 % bilateral, a named
+    # side has 1, 2 or 3 zones in 45 / 11 / 44 % of cases, lower zones the most often
+    p_bilateral: float = 0.8
+    p_zones_per_side: tuple[float, float, float] = (0.45, 0.11, 0.44)
+    zone_weights: tuple[float, float, float] = (0.15, 0.25, 0.60)  # upper, middle, lower
     p_healthy: float = 0.0
     # lesion look
     lesion_strength: tuple[float, float] = (0.45, 0.85)  # fraction of lung air made opaque
@@ -76,6 +80,7 @@ class SynthConfig:
     lesion_softness_px: tuple[float, float] = (2.5, 5.0)
     # acquisition
     pose_jitter: float = 1.0  # scales rotation / shift / zoom ranges
+    zoom: float = 1.0  # mean scale of the anatomy; < 1 shows more neck, shoulders, abdomen
     noise: float = 0.018  # quantum-like noise std on the 0..1 display scale
     blur_px: tuple[float, float] = (0.4, 1.0)
     p_collimation: float = 0.35
@@ -89,10 +94,15 @@ class SynthConfig:
     marker_text: str = "D"
     marker_corner: str = "top-right"  # top-left | top-right | bottom-left | bottom-right
     keep_clean: bool = False  # also render the same case without lesions (for tests/figures)
+    note_sides: str = NOTE_SIDES  # "image" (QaTa-COV19's captions) or "patient"
 
     def __post_init__(self) -> None:
+        if not 0.3 <= self.zoom <= 2.0:
+            raise ValueError(f"zoom must be in [0.3, 2], got {self.zoom}")
         if self.size < 32:
             raise ValueError("size must be >= 32")
+        if self.note_sides not in ("image", "patient"):
+            raise ValueError(f"note_sides must be 'image' or 'patient', got {self.note_sides!r}")
         if self.confounder not in (None, "marker", "lead"):
             raise ValueError(f"unknown confounder {self.confounder!r}")
         if self.marker_corner not in _CORNERS:
@@ -109,7 +119,8 @@ class SynthCase:
     mask: np.ndarray  # bool (H, W), lesion
     note: str
     laterality: str  # "unilateral" | "bilateral" | "none"
-    zones: list[tuple[str, str]]  # (side, zone), patient sides, note order
+    zones: list[tuple[str, str]]  # (side, zone), PATIENT sides, note order
+    note_zones: list[tuple[str, str]]  # the same areas as the note names them (note_sides)
     zone_map: np.ndarray  # uint8 (H, W): 0 outside lungs, else ZONE_CODES[(side, zone)]
     confounder: bool = False  # the planted artefact is drawn
     split: str = "train"
@@ -310,9 +321,9 @@ class _Pose:
     ty: float
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, s: int, jitter: float) -> _Pose:
+    def draw(cls, rng: np.random.Generator, s: int, jitter: float, mean_zoom: float = 1.0) -> _Pose:
         ang = math.radians(rng.uniform(-4.0, 4.0) * jitter)
-        zoom = 1.0 + rng.uniform(-0.07, 0.07) * jitter
+        zoom = mean_zoom * (1.0 + rng.uniform(-0.07, 0.07) * jitter)
         tx, ty = rng.uniform(-0.03, 0.03, 2) * jitter
         return cls(s, math.cos(ang), math.sin(ang), zoom, float(tx), float(ty))
 
@@ -357,7 +368,7 @@ def _diaphragm(u: np.ndarray, dome: tuple[float, float, float, float]) -> np.nda
 def _anatomy(rng: np.random.Generator, cfg: SynthConfig) -> _Anatomy:
     """Analytic PA chest: soft tissue, lungs, heart, spine, ribs, clavicles, diaphragm."""
     s = cfg.size
-    pose = _Pose.draw(rng, s, cfg.pose_jitter)
+    pose = _Pose.draw(rng, s, cfg.pose_jitter, cfg.zoom)
     X, Y = pose.grid()
     px = 1.0 / s  # one pixel in anatomical units
     U = rng.uniform
@@ -713,13 +724,15 @@ def synth_case(
         return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
     image = render(an.density + lesion_density)
+    note_zones = mirror_zones(zones) if cfg.note_sides == "image" else zones
     clean = render(an.density) if cfg.keep_clean else None
     return SynthCase(
         image=image,
         mask=mask,
-        note=make_note(zones),
+        note=make_note(note_zones),
         laterality=laterality(zones),
         zones=zones,
+        note_zones=note_zones,
         zone_map=zmap,
         confounder=has_conf,
         split=split,
