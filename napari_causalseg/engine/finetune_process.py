@@ -1,4 +1,5 @@
-"""Fine-tuning in a child Python process, so a GUI never trains in its own process.
+"""Fine-tuning (and the demo model's first-use training) in a child Python process, so a
+GUI never trains in its own process.
 
 Training is the heaviest and most crash-prone thing the plugin does (an optimizer's first
 import, native libraries, out-of-memory); in a child process a crash costs the run, not
@@ -85,9 +86,11 @@ class FinetuneProcess:
     `events()` yields one dict per TrainEvent (same fields; 'finished' has `result`)
     and raises FinetuneFailed or FinetuneCrashed when the child fails or dies."""
 
-    def __init__(self, data_dir: str | Path, config: FinetuneConfig, threads: int | None = None,
-                 log_dir: str | Path | None = None):
-        request = {"protocol": PROTOCOL, "data_dir": str(data_dir), "config": _jsonable(asdict(config)),
+    def __init__(self, data_dir: str | Path | None, config: FinetuneConfig | None,
+                 threads: int | None = None, log_dir: str | Path | None = None, job: str = "finetune"):
+        """`job="demo"`: train (or find) the demo model instead; `data_dir`/`config` unused."""
+        request = {"protocol": PROTOCOL, "job": job, "data_dir": str(data_dir),
+                   "config": _jsonable(asdict(config)) if config is not None else None,
                    "threads": threads}
         log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.gettempdir())
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +203,8 @@ def _child_main() -> int:
             import torch
 
             torch.set_num_threads(int(request["threads"]))
+        if request.get("job") == "demo":
+            return _demo_job(emit)
         from .finetune import Finetune
 
         job = Finetune(request["data_dir"], _config_from(request["config"]))
@@ -221,6 +226,34 @@ def _child_main() -> int:
         emit({"kind": "error", "message": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
         return 1
     return 0
+
+
+def _demo_job(emit) -> int:
+    from .demo import demo_checkpoint
+
+    try:
+        path = demo_checkpoint(progress=lambda event: emit(event_to_dict(event)))
+    except Exception as exc:  # noqa: BLE001
+        emit({"kind": "error", "message": f"{type(exc).__name__}: {exc}", "type": type(exc).__name__})
+        return 1
+    emit({"kind": "finished", "result": {"checkpoint": str(path)}})
+    return 0
+
+
+def demo_checkpoint_in_child(progress=None, log_dir: str | Path | None = None) -> Path:
+    """The demo checkpoint, trained on first use in a child process (see module docstring);
+    `progress` gets each event as a dict. Cached: no process is started."""
+    from .demo import demo_checkpoint_path
+
+    path = demo_checkpoint_path()
+    if path.is_file():
+        return path
+    for event in FinetuneProcess(None, None, log_dir=log_dir, job="demo").events():
+        if event.get("kind") == "finished":
+            return Path(event["result"]["checkpoint"])
+        if progress is not None:
+            progress(event)
+    raise FinetuneCrashed("the demo model's training ended without a checkpoint")
 
 
 if __name__ == "__main__":

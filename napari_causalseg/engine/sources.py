@@ -41,15 +41,23 @@ def open_segmenter(
     source: ModelSource,
     config: SegmenterConfig | None = None,
     progress: Callable[[TrainEvent], None] | bool = False,
+    train_in_child: bool = False,
 ) -> tuple[Segmenter, Path | None]:
-    """The Segmenter for `source`, and the checkpoint it was loaded from (if any)."""
+    """The Segmenter for `source`, and the checkpoint it was loaded from (if any).
+    `train_in_child`: the demo model's first-use training runs in a child process (GUIs);
+    `progress` then gets each event as a dict."""
     config = config or SegmenterConfig()
     if source.kind == OPENAI:
         return Segmenter.from_config("rn101", pretrained="openai", config=config), None
     if source.kind == DEMO:
-        from .demo import demo_checkpoint
+        if train_in_child:
+            from .finetune_process import demo_checkpoint_in_child
 
-        path = demo_checkpoint(progress=progress)
+            path = demo_checkpoint_in_child(progress if callable(progress) else None)
+        else:
+            from .demo import demo_checkpoint
+
+            path = demo_checkpoint(progress=progress)
     else:
         path = Path(source.path)
     return Segmenter.from_checkpoint(path, config), path

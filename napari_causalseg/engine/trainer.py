@@ -125,13 +125,6 @@ def _frozen_bn_eval(model: CausalCLIPSeg) -> None:
             module.eval()
 
 
-def preload_optimizer_imports() -> None:
-    """Build and drop a throwaway Adam: a process's first optimizer imports torch._dynamo
-    (~1.5 s, in bursts that hold the GIL). A GUI calls this in the background when its
-    training panel opens, so the UI does not stall when training starts."""
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-
-
 class Trainer:
     def __init__(
         self,

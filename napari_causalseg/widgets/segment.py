@@ -40,7 +40,6 @@ from ._layers import (
     rethreshold,
     show_result,
 )
-from ._llvm_guard import block_triton_if_llvm_loaded
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -85,8 +84,9 @@ class SegmenterHolder:
         with self._lock:
             # a checkpoint rewritten in place since it was loaded is loaded again
             if self.segmenter is None or self._key != key or self.segmenter.weights_file_rewritten():
-                self.segmenter, self.checkpoint = open_segmenter(
-                    source, SegmenterConfig(device=device), progress=on_progress or False
+                self.segmenter, self.checkpoint = open_segmenter(  # never trains in napari
+                    source, SegmenterConfig(device=device), progress=on_progress or False,
+                    train_in_child=True,
                 )
                 self._key, self.label = key, source.label
             return self.segmenter
@@ -203,7 +203,6 @@ class SegmentWidget(Container):
 
     # work ----------------------------------------------------------------------
     def _start(self, worker: Any) -> Any:
-        block_triton_if_llvm_loaded()  # first-use demo training builds an optimizer (see _llvm_guard)
         self._workers.add(worker)
         worker.finished.connect(lambda: self._workers.discard(worker))
         worker.start()
@@ -215,13 +214,14 @@ class SegmentWidget(Container):
         bar: dict[str, Any] = {}
 
         @ensure_main_thread
-        def on_event(event: Any) -> None:
-            if event.kind == "step":
+        def on_event(event: dict[str, Any]) -> None:  # from the child process (finetune_process)
+            kind = event.get("kind")
+            if kind == "step":
                 if "bar" not in bar:
-                    bar["bar"] = progress(total=event.steps * event.epochs,
-                                          desc="Training the demo model (first use only)")
+                    bar["bar"] = progress(total=event["steps"] * event["epochs"],
+                                          desc="Training the demo model in the background (first use only)")
                 bar["bar"].update(1)
-            elif event.kind == "done" and "bar" in bar:
+            elif kind == "done" and "bar" in bar:
                 bar.pop("bar").close()
 
         return on_event
