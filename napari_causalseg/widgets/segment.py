@@ -114,7 +114,7 @@ class SegmentWidget(Container):
         }
         rows = [
             Container(widgets=[self.zone_boxes[(side, z)] for z in ZONES], layout="horizontal",
-                      label=f"{side.capitalize()} lung", labels=False)
+                      label=f"{side.capitalize()} lung (image {side})", labels=False)
             for side in SIDES
         ]
         self.compose = PushButton(text="Compose note from zones")
