@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (paper: 100)")
     t.add_argument("--steps-per-epoch", type=int, default=None, help="cap steps per epoch (quick runs)")
     t.add_argument("--freeze-encoders", action="store_true", help="keep the CLIP towers fixed")
+    t.add_argument("--augment", action="store_true",
+                   help="flips with mirrored notes, small pose and exposure changes (as finetune does)")
     t.add_argument("--context-length", type=int, default=None,
                    help="text context of a new model (paper: 20; QaTa notes need up to 22)")
     t.add_argument("--truncate-notes", action="store_true",
@@ -94,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", type=Path, default=None,
                    help="folder for the new checkpoint (default: <annotation folder>/models)")
     f.add_argument("--minutes", type=float, default=5.0, help="training time budget (default 5)")
-    f.add_argument("--epochs", type=_positive_int, default=None, help="default: as many as the budget allows")
+    f.add_argument("--epochs", type=_positive_int, default=None, help="a fixed number of epochs instead of the time budget")
     f.add_argument("--lr", type=float, default=None, help="default: 1e-3 (no CLIP weights) or 1e-4")
     f.add_argument("--batch-size", type=_positive_int, default=None, help="default: up to 8")
     f.add_argument("--freeze-encoders", action=argparse.BooleanOptionalAction, default=None,
@@ -159,6 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _launch_torchrun(args.nproc, args.argv)
     import torch
 
+    from .engine.augment import NO_AUGMENTATION, AugmentConfig
     from .engine.checkpoint import load_checkpoint
     from .engine.config import get_config
     from .engine.model import CausalCLIPSeg
@@ -207,6 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             steps_per_epoch=args.steps_per_epoch,
             truncate_notes=args.truncate_notes,
+            augment=AugmentConfig() if args.augment else NO_AUGMENTATION,
         )
         trainer = Trainer(model, splits.train, splits.val, config, out_dir=args.out, provenance=provenance)
         if args.resume:

@@ -113,14 +113,16 @@ def test_plan_fills_the_budget_and_explicit_choices_win():
     cfg = FinetuneConfig(minutes=5)
     plan = plan_finetune(64, 16, cfg, clip_initialised=False, step_seconds=0.5, eval_seconds_per_case=0.05)
     assert plan.batch_size == 8 and plan.lr == 1e-3 and not plan.freeze_encoders
-    train_s = plan.epochs * 8 * 0.5
-    assert 0.8 * 300 <= train_s <= 300  # 8 steps an epoch fill ~90 % of five minutes
-    assert plan.epochs // plan.val_every * 16 * 0.05 <= 0.1 * 300 + 16 * 0.05
+    assert plan.budget_seconds == 300 and plan.epochs >= 1000  # the time decides, not the epochs
+    expected_epochs = 300 * 0.9 / (8 * 0.5)  # 8 steps of 0.5 s an epoch
+    assert expected_epochs / plan.val_every * 16 * 0.05 <= 0.1 * 300 + 16 * 0.05  # validation <= ~10 %
+    assert plan.val_every > 1
     clip = plan_finetune(64, 16, cfg, clip_initialised=True, step_seconds=5, eval_seconds_per_case=1)
     assert clip.freeze_encoders and clip.lr == 1e-4
     mine = plan_finetune(64, 16, FinetuneConfig(epochs=3, lr=5e-4, batch_size=2, freeze_encoders=True),
                          clip_initialised=False, step_seconds=0.5, eval_seconds_per_case=0.05)
     assert (mine.epochs, mine.lr, mine.batch_size, mine.freeze_encoders) == (3, 5e-4, 2, True)
+    assert mine.budget_seconds is None  # fixed epochs: no time limit
     with pytest.raises(ValueError, match="budget"):
         FinetuneConfig(minutes=0)
 
@@ -136,6 +138,7 @@ def test_finetune_promotes_a_new_checkpoint_beside_the_previous_one(tmp_path, ch
     kinds = [e.kind for e in events]
     assert kinds[0] == "prepare" and "baseline" in kinds and "plan" in kinds
     assert kinds.count("epoch") == 2 and kinds[-1] == "finished"
+    assert result_of(iter(events)).plan.budget_seconds is None
     result = events[-1].result
     assert result.checkpoint == tmp_path / "ann" / "models" / "mine.safetensors"
     assert result.verdict == "too few validation cases" and len(result.val_cases) == 2
@@ -151,6 +154,19 @@ def test_finetune_promotes_a_new_checkpoint_beside_the_previous_one(tmp_path, ch
         ["mine.json", "mine.metrics.jsonl", "mine.safetensors"]
     assert checkpoint.read_bytes() == start_bytes
     assert json.dumps(result.to_dict())  # what the CLI prints and the child process sends
+
+
+def test_a_time_budget_ends_the_run_with_the_learning_rate_run_down(tmp_path, checkpoint):
+    annotation_folder(tmp_path / "ann", 6)
+    t0 = time.perf_counter()
+    events = list(Finetune(tmp_path / "ann", FinetuneConfig(checkpoint=checkpoint, minutes=0.15,
+                                                           device="cpu")).run())
+    steps = [e for e in events if e.kind == "step"]
+    done = next(e for e in events if e.kind == "done")
+    assert done.stopped == "time_limit" and len(steps) > 10
+    assert time.perf_counter() - t0 < 0.15 * 60 + 30
+    assert steps[-1].lr < 0.2 * max(e.lr for e in steps)  # cosine over the time
+    assert events[-1].result.checkpoint.is_file()
 
 
 def test_cancel_writes_no_model(tmp_path, checkpoint):

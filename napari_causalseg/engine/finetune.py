@@ -36,6 +36,8 @@ from .trainer import TrainConfig, Trainer, TrainEvent
 MIN_VALIDATION_CASES = 5
 #: Share of the time budget that validation may take (it runs every `val_every` epochs).
 VALIDATION_SHARE = 0.1
+#: Upper bound on epochs when the time budget decides how long a run trains.
+MAX_EPOCHS = 2000
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ class FinetunePlan:
     reasons: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        return (f"{self.epochs} epochs, batch {self.batch_size}, lr {self.lr:g}, "
+        length = (f"{self.budget_seconds / 60:g} min" if self.budget_seconds is not None
+                  else f"{self.epochs} epochs")
+        return (f"{length}, batch {self.batch_size}, lr {self.lr:g}, "
                 f"{'CLIP towers frozen' if self.freeze_encoders else 'all weights trained'}, "
                 f"augmentation {'on' if self.augment else 'off'}, validation every "
                 f"{self.val_every} epoch(s); ~{self.step_seconds:.2f} s per step")
@@ -101,13 +105,10 @@ class FinetuneResult:
     val_cases: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        def slim(report):
-            return None if report is None else {k: report[k] for k in ("per_image", "global")}
-
         return {"checkpoint": str(self.checkpoint) if self.checkpoint else None,
                 "start": str(self.start) if self.start else None,
                 "plan": asdict(self.plan) if self.plan else None,
-                "before": slim(self.before), "after": slim(self.after), "verdict": self.verdict,
+                "before": _slim(self.before), "after": _slim(self.after), "verdict": self.verdict,
                 "summary": self.summary, "stopped": self.stopped,
                 "train_cases": len(self.train_cases), "val_cases": len(self.val_cases)}
 
@@ -160,19 +161,22 @@ def plan_finetune(
         lr = 1e-4 if clip_initialised else 1e-3
         reasons.append(f"lr {lr:g}: " + ("CLIP-initialised model" if clip_initialised
                                           else "model trained from scratch on synthetic data"))
-    steps = max(1, math.ceil(n_train / batch)) if n_train > batch else 1
-    budget = config.minutes * 60.0
+    steps = n_train // batch if n_train > batch else 1  # the trainer drops a last partial batch
     epoch_s = steps * step_seconds
     val_s = n_val * eval_seconds_per_case
-    if config.epochs is not None:
-        epochs = config.epochs
-    else:
-        # validation every k epochs costs at most VALIDATION_SHARE of the budget
-        epochs = max(1, int(budget * (1 - VALIDATION_SHARE) / max(epoch_s, 1e-6)))
-        epochs = min(epochs, 2000)
-        reasons.append(f"{epochs} epochs of {steps} step(s) fill {config.minutes:g} min")
-    runs_of_val = max(1.0, budget * VALIDATION_SHARE / max(val_s, 1e-6))
-    val_every = max(1, math.ceil(epochs / runs_of_val)) if n_val else 1
+    if config.epochs is not None:  # a fixed number of epochs: no time limit
+        epochs, budget, expected = config.epochs, None, config.epochs
+        reasons.append(f"{epochs} epochs as asked (no time limit)")
+    else:  # the budget governs: cosine over the time, stop when it is spent
+        budget = config.minutes * 60.0
+        expected = max(1, int(budget * (1 - VALIDATION_SHARE) / max(epoch_s, 1e-6)))
+        epochs = MAX_EPOCHS
+        reasons.append(f"{config.minutes:g} min of training (~{expected} epochs of {steps} step(s) "
+                       "at the measured speed), learning rate on a cosine over the time")
+    # validation every k epochs costs at most VALIDATION_SHARE of the time
+    total = budget if budget is not None else expected * max(epoch_s, 1e-6) / (1 - VALIDATION_SHARE)
+    runs_of_val = max(1.0, total * VALIDATION_SHARE / max(val_s, 1e-6))
+    val_every = max(1, math.ceil(expected / runs_of_val)) if n_val else 1
     return FinetunePlan(epochs, batch, lr, bool(freeze), config.augment, val_every,
                         step_seconds, budget, tuple(reasons))
 
@@ -341,8 +345,7 @@ class Finetune:
             epochs=plan.epochs, batch_size=plan.batch_size, lr=plan.lr, lam=cfg.lam,
             patience=plan.epochs, freeze_encoders=plan.freeze_encoders, seed=cfg.seed,
             device=cfg.device, augment=AugmentConfig() if plan.augment else NO_AUGMENTATION,
-            val_every=plan.val_every,
-            max_seconds=None if plan.budget_seconds is None else plan.budget_seconds * 1.5,
+            val_every=plan.val_every, time_budget_s=plan.budget_seconds, save_last=False,
         )
 
 

@@ -57,7 +57,11 @@ class TrainConfig:
     truncate_notes: bool = False  # opt-in: cut notes longer than the context (reported)
     augment: AugmentConfig = NO_AUGMENTATION  # note-preserving flips, pose and exposure
     val_every: int = 1  # validate every N epochs (and after the last); validation costs time
-    max_seconds: float | None = None  # wall-clock guard: stop between steps past it (kept)
+    # Train for this many seconds: the learning rate follows a cosine over the time (after a
+    # short warm-up) instead of over the epochs, and the run stops, validated, when it is
+    # spent. For fine-tuning under a budget; not resumable to the same numbers.
+    time_budget_s: float | None = None
+    save_last: bool = True  # also write last.safetensors + state each epoch (for --resume)
 
 
 @dataclass
@@ -246,6 +250,8 @@ class Trainer:
                     break
                 if self.cancelled or self._out_of_time(start):
                     break
+                if cfg.time_budget_s:
+                    self._set_budget_lr(time.perf_counter() - start, p.global_step)
                 t0 = time.perf_counter()
                 images, masks, tokens = augment_batch(
                     batch["image"].to(self.device), batch["mask"].to(self.device),
@@ -276,7 +282,8 @@ class Trainer:
             out_of_time = self._out_of_time(start)
             self._sync_buffers()
             lr = self.optimizer.param_groups[0]["lr"]
-            self.scheduler.step()
+            if not cfg.time_budget_s:
+                self.scheduler.step()
             p.epoch = epoch + 1
             due = p.epoch % max(cfg.val_every, 1) == 0 or p.epoch == cfg.epochs or out_of_time
             val = self.evaluate() if due else None
@@ -307,7 +314,7 @@ class Trainer:
             if out_of_time:
                 stopped = "time_limit"
                 break
-            if p.epoch - p.best_epoch >= cfg.patience:
+            if p.epoch - max(p.best_epoch, 0) >= cfg.patience:  # epochs since the best (or the start)
                 stopped = "early"
                 break
         if self.out_dir is not None and self.rank == 0:
@@ -320,8 +327,15 @@ class Trainer:
         )
 
     def _out_of_time(self, start: float) -> bool:
-        limit = self.config.max_seconds
+        limit = self.config.time_budget_s
         return limit is not None and time.perf_counter() - start > limit
+
+    def _set_budget_lr(self, elapsed: float, step: int, warmup_steps: int = 10) -> None:
+        """Cosine from lr to 0 over the time budget, after a linear warm-up of a few steps."""
+        frac = min(elapsed / self.config.time_budget_s, 1.0)
+        lr = self.config.lr * 0.5 * (1.0 + math.cos(math.pi * frac)) * min(1.0, (step + 1) / warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _sync_buffers(self) -> None:
         """BatchNorm running statistics are per rank under DDP (each saw its own last
@@ -357,8 +371,9 @@ class Trainer:
         best = None
         if improved:
             best = save_checkpoint(self.out_dir / "best.safetensors", self.model, provenance).path
-        save_checkpoint(self.out_dir / "last.safetensors", self.model, provenance)
-        self.save_state(self.out_dir / "last.state.safetensors")
+        if self.config.save_last:
+            save_checkpoint(self.out_dir / "last.safetensors", self.model, provenance)
+            self.save_state(self.out_dir / "last.state.safetensors")
         return best
 
     def save_state(self, path: Path) -> None:

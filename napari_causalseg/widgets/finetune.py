@@ -69,7 +69,7 @@ class FineTuneWidget(Container):
         self.cases = Select(label="Cases", choices=[], allow_multiple=True)
         self.minutes = FloatSpinBox(label="Time budget (min)", min=0.5, max=24 * 60, step=0.5, value=5.0)
         self.epochs = SpinBox(label="Epochs", min=0, max=2000, value=0)
-        self.epochs.native.setSpecialValueText("auto (fill the budget)")
+        self.epochs.native.setSpecialValueText("auto (the time budget decides)")
         self.lr = FloatSpinBox(label="Learning rate", min=0.0, max=1e-1, step=1e-5, value=0.0)
         self.lr.native.setDecimals(7)
         self.lr.native.setSpecialValueText("auto")
