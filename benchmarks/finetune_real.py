@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--checkpoint", type=Path, default=None, help="start model (default: the shipped default)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "FINETUNE.md")
+    p.add_argument("--no-augment", action="store_true", help="fine-tune without augmentation (ablation)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args(argv)
 
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         for case in corrections:  # as a user adds them, one at a time
             image, mask = load_case(case)
             store.add_case(case.name, image, mask, case.note)
-        config = FinetuneConfig(checkpoint=Path(start), minutes=args.minutes, device="cpu")
+        config = FinetuneConfig(checkpoint=Path(start), minutes=args.minutes, device="cpu",
+                                augment=not args.no_augment)
         job = Finetune(store.root, config)
         t1 = time.perf_counter()
         result, epochs = None, []
