@@ -60,7 +60,6 @@ class FineTuneWidget(Container):
         self.process: FinetuneProcess | None = None
         self.last_checkpoint: Path | None = None
         self.last_result: dict[str, Any] | None = None
-        self._cancel_requested = False
 
         self.folder = FileEdit(label="Annotation folder", mode="d", value=default_annotation_dir())
         self.image = ComboBox(label="Image", choices=self._layers_of("Image"), nullable=True)
@@ -229,7 +228,6 @@ class FineTuneWidget(Container):
         except (ValueError, OSError) as exc:
             show_error(f"Cannot start fine-tuning: {exc}")
             return None
-        self._cancel_requested = False
 
         @thread_worker(ignore_errors=True)  # errors are shown by our own handlers
         def relay():  # only reads the child's pipe: no model, no optimizer in napari
@@ -252,7 +250,6 @@ class FineTuneWidget(Container):
         return worker
 
     def cancel(self) -> None:
-        self._cancel_requested = True
         if self.process is not None:
             self.process.cancel()
         self.status.value = "Cancelling after the current step…"

@@ -790,6 +790,23 @@ def _read_meta(path: Path) -> dict:
     return data
 
 
+def _meta_text(meta: dict) -> str:
+    return json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _split_name(value: object, where: str) -> str:
+    """'train', 'val' or 'test' for a stored split (aliases such as 'valid' allowed)."""
+    split = _SPLIT_ALIASES.get(str(value).lower())
+    if split is None:
+        raise DatasetError(f"{where}: unknown split {value!r}; use 'train', 'val' or 'test'.")
+    return split
+
+
+def _next_split(splits: dict[str, str]) -> str:
+    """The split of the next case added to a folder whose cases have `splits`."""
+    return split_for_new_case(len(splits), list(splits.values()).count("val"))
+
+
 def _write_mask(path: Path, mask: np.ndarray) -> None:
     data = np.where(mask > 0, 255, 0).astype(np.uint8)
     _fsync_write(path, lambda f: Image.fromarray(data).save(f, format="PNG"))
@@ -881,14 +898,15 @@ class AnnotationStore:
             )
         meta = dict(meta or {})
         if "split" not in meta:  # a replaced case keeps its split; a new one gets the next
-            meta["split"] = self.splits().get(safe) if final.is_dir() else None
-            meta["split"] = meta["split"] or self.next_split()
-        elif _SPLIT_ALIASES.get(str(meta["split"]).lower()) is None:
-            raise DatasetError(f"Case {safe!r}: unknown split {meta['split']!r}; use 'train', 'val' or 'test'.")
+            splits = self.splits()
+            meta["split"] = splits.get(safe) if final.is_dir() else None
+            meta["split"] = meta["split"] or _next_split(splits)
+        else:
+            _split_name(meta["split"], f"Case {safe!r}")
         meta_text = None
         if meta:
             try:
-                meta_text = json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+                meta_text = _meta_text(meta)
             except (TypeError, ValueError) as exc:
                 raise DatasetError(
                     f"Case {safe!r}: meta for {final / 'meta.json'} is not JSON-serialisable ({exc}); "
@@ -954,39 +972,33 @@ class AnnotationStore:
         for case in self.cases():
             meta_path = case.image_path.parent / "meta.json"
             stored = _read_meta(meta_path).get("split")
-            split = None if stored is None else _SPLIT_ALIASES.get(str(stored).lower())
-            if stored is not None and split is None:
-                raise DatasetError(
-                    f"{meta_path}: unknown split {stored!r}; use 'train', 'val' or 'test'."
-                )
-            out[case.name] = split
+            out[case.name] = None if stored is None else _split_name(stored, str(meta_path))
         return out
 
-    def splits(self) -> dict[str, str]:
+    def splits(self, stored: dict[str, str | None] | None = None) -> dict[str, str]:
         """Every case's split: the stored one, or for a case written before splits were
         stored, the one `split_for_new_case` gives it in name order (see assign_splits)."""
         out: dict[str, str] = {}
         n_val = 0
-        for name, split in self._stored_splits().items():
+        for name, split in (self._stored_splits() if stored is None else stored).items():
             out[name] = split or split_for_new_case(len(out), n_val)
             n_val += out[name] == "val"
         return out
 
     def next_split(self) -> str:
         """The split the next added case gets."""
-        splits = list(self.splits().values())
-        return split_for_new_case(len(splits), splits.count("val"))
+        return _next_split(self.splits())
 
     def assign_splits(self) -> list[str]:
         """Store a split in the meta.json of every case that has none (written atomically),
         so that later cases cannot move it; returns the names of the cases it wrote."""
-        stored, final = self._stored_splits(), self.splits()
+        stored = self._stored_splits()
+        final = self.splits(stored)
         written = []
         for name, split in stored.items():
             if split is None:
                 meta = {**self.meta(name), "split": final[name]}
-                text = json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-                atomic_write_text(self.cases_dir / name / "meta.json", text)
+                atomic_write_text(self.cases_dir / name / "meta.json", _meta_text(meta))
                 written.append(name)
         return written
 
