@@ -1,4 +1,4 @@
-"""napari reader (npe2 ``get_reader`` hook) over :mod:`napari_causalseg.engine.imageio`.
+"""napari reader (npe2 ``get_reader`` hook) over :mod:`napari_causalseg.engine.images`.
 
 The manifest offers this reader for every file (``'*'``, so extension-less
 DICOM works), hence the hook must be cheap and must refuse, never raise on,
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .engine.imageio import IMAGE_EXTENSIONS, ImageReadError, can_read, read_image
+from .engine.images import IMAGE_EXTENSIONS, ImageReadError, can_read, read_image
 
 logger = logging.getLogger(__name__)
 

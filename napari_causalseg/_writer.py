@@ -1,4 +1,4 @@
-"""napari writer for Labels layers over :func:`napari_causalseg.engine.imageio.write_mask`.
+"""napari writer for Labels layers over :func:`napari_causalseg.engine.images.write_mask`.
 
 Writing is atomic (temp file + rename) so saving over a mask a user spent an
 hour correcting can never leave it half-written.
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine.imageio import write_mask
+from .engine.images import write_mask
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:

@@ -347,7 +347,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .engine.imageio import read_image, write_mask
+    from .engine.images import read_image, write_mask
 
     missing = [str(p) for p in args.images if not p.is_file()]
     if missing:

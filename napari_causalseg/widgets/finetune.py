@@ -32,9 +32,10 @@ from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..engine.data.readers import AnnotationStore, Case, safe_case_name, to_gray
+from ..engine.data.readers import AnnotationStore, Case, safe_case_name
 from ..engine.finetune import FinetuneConfig
 from ..engine.finetune_process import FinetuneCrashed, FinetuneFailed, FinetuneProcess
+from ..engine.images import to_gray
 from ..engine.sources import CHECKPOINT, DEMO
 from ._layers import NOTE_KEY, SOURCE_KEY, image_array
 

@@ -51,17 +51,16 @@ import numpy as np
 from PIL import Image
 
 from ..atomic import atomic_write_text
+from ..images import ImageReadError, image_shape, read_image, read_lesion_mask, to_gray
 
 LAYOUTS = ("lvit", "mmi_unet", "sgseg", "annotations")
 SPLITS = ("train", "val", "test")
 MASK_PREFIX = "mask_"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".dic")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _MAX_LISTED = 8  # problems listed in one error message before "... and N more"
 #: Every VAL_EVERY-th case added to an annotation folder is held out for validation (20 %).
 VAL_EVERY = 5
-# ITU-R BT.601 luma, the weights PIL uses for RGB -> "L".
-_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 class DatasetError(ValueError):
@@ -106,80 +105,57 @@ class DatasetSplits:
 # --------------------------------------------------------------------------- images
 
 
-def _read_array(path: Path, what: str, fix: str, grey_modes: tuple[str, ...] = ()) -> np.ndarray:
-    """Pixels of an image file: TIFF through tifffile (16-bit and float data keep their
-    values), the rest through Pillow (palettes expanded, `grey_modes` made 8-bit grey).
-    Errors name the file, what it was for and what to do."""
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return np.asarray(tifffile.imread(path))
-        with Image.open(path) as im:
-            if im.mode == "P":
-                im = im.convert("RGBA")
-            elif im.mode in grey_modes:
-                im = im.convert("L")
-            return np.asarray(im)
-    except FileNotFoundError as exc:
-        raise DatasetError(f"{what.capitalize()} file {path} does not exist: check the path.") from exc
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"Cannot read {what} {path} ({exc}); {fix}.") from exc
+def _image_error(path: Path, what: str, exc: ImageReadError) -> DatasetError:
+    if not path.exists():
+        return DatasetError(f"{what.capitalize()} file {path} does not exist: check the path.")
+    return DatasetError(f"Cannot read {what}: {exc}")
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as a 2-D array; RGB(A) becomes BT.601 luminance in the input's dtype."""
+    """Read an image as a 2-D array through the image stack (DICOM included, polarity and
+    EXIF orientation applied); RGB(A) becomes BT.601 luminance in the input's dtype."""
     path = Path(path)
-    arr = _read_array(path, "image", "re-export it as PNG or TIFF", grey_modes=("1", "LA", "PA", "La"))
-    return to_gray(arr, path)
+    try:
+        return to_gray(read_image(path).data, path)
+    except ImageReadError as exc:
+        raise _image_error(path, "image", exc) from exc
 
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a mask as a 2-D bool array (any channel value > 0 is lesion)."""
     path = Path(path)
-    arr = _read_array(path, "mask", "re-export it as PNG")
-    if arr.ndim == 3 and arr.shape[-1] in (2, 4):
-        arr = arr[..., :-1]  # drop alpha: a transparent background is not lesion
-    if arr.ndim == 3:
-        return np.any(arr > 0, axis=-1)
-    if arr.ndim != 2:
-        raise DatasetError(f"Mask {path} has shape {arr.shape}; expected a 2-D image.")
-    return arr > 0
+    try:
+        return read_lesion_mask(path)
+    except ImageReadError as exc:
+        raise _image_error(path, "mask", exc) from exc
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(height, width) from the file header only, so thousands of files check in a second."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-        return h, w
-    except FileNotFoundError as exc:
-        raise DatasetError(f"File {path} does not exist: check the path.") from exc
-    except (OSError, ValueError) as exc:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            try:
-                with tifffile.TiffFile(path) as tf:
-                    shape = tf.pages[0].shape
-                return int(shape[0]), int(shape[1])
-            except (OSError, ValueError, IndexError) as exc2:
-                raise DatasetError(f"Cannot read TIFF header of {path} ({exc2}).") from exc2
-        raise DatasetError(f"Cannot read image header of {path} ({exc}); is it an image?") from exc
+        return image_shape(path)
+    except ImageReadError as exc:
+        raise _image_error(path, "image header", exc) from exc
 
 
 def check_case_sizes(case: Case) -> None:
     """Raise DatasetError naming both files when image and mask differ in size (header read)."""
-    hi, hm = image_size(case.image_path), image_size(case.mask_path)
+    try:
+        hi, hm = image_size(case.image_path), image_size(case.mask_path)
+    except DatasetError as exc:
+        raise DatasetError(f"Case {case.name!r}: {exc}") from exc
     if hi != hm:
         raise _size_error(case, hi, hm)
 
 
 def load_case(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """Image (2-D) and bool mask of a case; a size mismatch raises naming both files."""
-    image = load_image(case.image_path)
-    mask = load_mask(case.mask_path)
+    """Image (2-D) and bool mask of a case; errors name the case, a size mismatch both files."""
+    try:
+        image = load_image(case.image_path)
+        mask = load_mask(case.mask_path)
+    except DatasetError as exc:
+        raise DatasetError(f"Case {case.name!r}: {exc}") from exc
     if image.shape != mask.shape:
         raise _size_error(case, image.shape, mask.shape)
     return image, mask
@@ -190,25 +166,6 @@ def _size_error(case: Case, hi: Sequence[int], hm: Sequence[int]) -> DatasetErro
         f"Case {case.name!r}: image {case.image_path} is {hi[1]}x{hi[0]} (WxH) but mask "
         f"{case.mask_path} is {hm[1]}x{hm[0]}; the mask must match its image pixel for pixel. "
         "Re-export the mask at the image's size or remove the case."
-    )
-
-
-def to_gray(arr: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
-    """2-D grey from grey or RGB(A): BT.601 luminance, rounded back to the input dtype."""
-    if arr.ndim == 2:
-        return arr
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        luma = arr[..., :3].astype(np.float64) @ _LUMA
-        if np.issubdtype(arr.dtype, np.integer):
-            info = np.iinfo(arr.dtype)
-            return np.clip(np.rint(luma), info.min, info.max).astype(arr.dtype)
-        return luma.astype(arr.dtype)
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        return arr[..., 0]
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        return arr[0]
-    raise DatasetError(
-        f"Image {path} has shape {arr.shape}; expected a 2-D grayscale or an RGB image."
     )
 
 

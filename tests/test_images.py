@@ -1,4 +1,4 @@
-"""Reading X-rays and writing masks: engine.imageio plus the thin napari hooks.
+"""Reading X-rays and writing masks: engine.images plus the thin napari hooks.
 
 Every file is built here, so expected values are known exactly.
 """
@@ -14,14 +14,15 @@ import tifffile
 from PIL import Image
 
 from napari_causalseg import _reader, _writer
-from napari_causalseg.engine import imageio
-from napari_causalseg.engine.imageio import (
+from napari_causalseg.engine.images import (
     ImageReadError,
     LoadedImage,
     can_read,
+    masks,
     read_image,
     write_mask,
 )
+from napari_causalseg.engine.images.sniff import PNG_MAGIC
 
 # ----------------------------------------------------------------- file makers
 
@@ -141,7 +142,7 @@ def _png_bytes(arr: np.ndarray, colour_type: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, arr.dtype.itemsize * 8, colour_type, 0, 0, 0)
     raw = b"".join(b"\0" + row.astype(">u2").tobytes() for row in arr)
     return (
-        imageio._PNG_MAGIC
+        PNG_MAGIC
         + chunk(b"IHDR", ihdr)
         + chunk(b"IDAT", zlib.compress(raw))
         + chunk(b"IEND", b"")
@@ -494,7 +495,7 @@ def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
         fh.write(b"\x89PNG partial")  # something reached the disk before the failure
         raise OSError("disk full")
 
-    monkeypatch.setattr(imageio, "_encode_mask", explode)
+    monkeypatch.setattr(masks, "_encode_mask", explode)
     with pytest.raises(OSError, match="disk full"):
         _writer.write_labels(str(target), np.ones((5, 5), np.uint8), {})
     assert target.read_bytes() == before  # the user's previous correction survives

@@ -1,0 +1,159 @@
+"""PNG, JPEG, BMP (Pillow) and TIFF (tifffile, Pillow as the fallback codec)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import ImageReadError, ImageTooLargeError, LoadedImage, ReadLimits, note
+from .sniff import PNG_MAGIC
+
+# Modes Pillow decodes to, and how many bands / bytes per band the array will have.
+_WIDE_MODES = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_TO_RGBA = ("LA", "PA", "RGBa", "La")
+
+
+def read_pil(p: Path, limits: ReadLimits) -> LoadedImage:
+    """Read through Pillow after checking the size its header claims."""
+    from PIL import ImageOps
+
+    meta: dict[str, Any] = {}
+    with _open_checked(p, limits) as im:
+        im.load()
+        meta["format"] = (im.format or "").lower() or None
+        meta["mode"] = im.mode
+        if "dpi" in im.info:
+            meta["dpi"] = tuple(float(v) for v in im.info["dpi"])
+        n_frames = getattr(im, "n_frames", 1)
+        if n_frames > 1:
+            meta["n_frames"] = n_frames
+            note(meta, f"file has {n_frames} frames; only the first was read")
+        # Phones and some exporters store rotation in EXIF; show what viewers show.
+        oriented = ImageOps.exif_transpose(im)
+        if oriented is not im and oriented is not None:
+            meta["exif_orientation_applied"] = True
+            im = oriented
+        im = _normalise_pil_mode(im)
+        data = np.asarray(im)
+    if _is_16bit_colour_png(p):
+        note(meta, "16-bit colour PNG: Pillow decodes it to 8 bits per channel")
+    return LoadedImage(np.array(data), None, meta)
+
+
+def _open_checked(p: Path, limits: ReadLimits):
+    """``Image.open`` (header only) with the size check done before any pixel is decoded.
+
+    Pillow's own decompression-bomb warning is superseded by :class:`ReadLimits`, whose
+    default is lower; its hard error (twice its limit) becomes this module's error.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(
+            f"{p}: {exc}. Pillow refuses images over twice PIL.Image.MAX_IMAGE_PIXELS "
+            f"({Image.MAX_IMAGE_PIXELS:,} pixels) before this plugin's own limit "
+            f"({limits.max_pixels:,} pixels) applies."
+        ) from None
+    try:
+        width, height = im.size
+        mode = im.mode
+        bands = 4 if mode in _TO_RGBA or mode == "P" else len(im.getbands())
+        limits.check(p, height, width, bands, _WIDE_MODES.get(mode, 1), getattr(im, "n_frames", 1))
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
+def _normalise_pil_mode(im):
+    """Map Pillow modes to arrays napari can show: gray, RGB or RGBA."""
+    mode = im.mode
+    if mode in ("L", "I", "F", "RGB", "RGBA") or mode.startswith("I;16"):
+        return im
+    if mode == "1":
+        return im.convert("L")  # bilevel -> 0/255
+    if mode in _TO_RGBA:
+        return im.convert("RGBA")
+    if mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def _is_16bit_colour_png(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return False
+    # IHDR data starts at byte 16: width(4) height(4) bit depth(1) colour type(1)
+    return head.startswith(PNG_MAGIC) and len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
+
+
+def read_tiff(p: Path, limits: ReadLimits) -> LoadedImage:
+    """First page through tifffile; Pillow when tifffile lacks the codec (LZW, JPEG)."""
+    import tifffile
+
+    meta: dict[str, Any] = {}
+    try:
+        with tifffile.TiffFile(p) as tif:
+            n_pages = len(tif.pages)
+            page = tif.pages.first
+            _check_page(p, page, limits, n_pages)
+            data = page.asarray()
+            axes = page.axes
+            photometric = page.photometric
+            meta["photometric"] = getattr(photometric, "name", str(photometric))
+            meta["bits_per_sample"] = int(page.bitspersample)
+    except (ValueError, ImportError, NotImplementedError) as exc:
+        if isinstance(exc, ImageReadError):
+            raise
+        try:
+            img = read_pil(p, limits)
+        except ImageTooLargeError:
+            raise
+        except Exception as pil_exc:  # noqa: BLE001 - report tifffile's reason, it is the primary decoder
+            raise ImageReadError(f"{p}: cannot decode TIFF: {exc}") from pil_exc
+        img.metadata["format"] = "tiff"
+        img.metadata["decoder"] = "pillow"
+        return img
+    if n_pages > 1:
+        meta["n_pages"] = n_pages
+        note(meta, f"multi-page TIFF with {n_pages} pages; only the first page was read")
+    # Planar-separate RGB comes out as (S, Y, X).
+    if "S" in axes and data.ndim == 3 and axes.index("S") == 0:
+        data = np.moveaxis(data, 0, -1)
+    # Min-is-white: invert so higher is brighter, as for DICOM MONOCHROME1.
+    if photometric == tifffile.PHOTOMETRIC.MINISWHITE and data.ndim == 2:
+        data = _invert_miniswhite(data, int(page.bitspersample))
+        meta["inverted"] = True
+    return LoadedImage(data, None, meta)
+
+
+def _check_page(p: Path, page, limits: ReadLimits, n_pages: int) -> None:
+    """The page's claimed shape and sample type against the limits, before ``asarray``."""
+    dtype = page.dtype
+    if dtype is None:
+        raise ImageReadError(f"{p}: TIFF sample format/bits per sample not supported")
+    shape = tuple(int(s) for s in page.shape)
+    rows = int(page.imagelength) * max(int(page.imagedepth), 1)
+    cols = int(page.imagewidth)
+    other = math.prod(shape) // max(rows * cols, 1) if rows * cols else 1
+    limits.check(p, rows, cols, max(other, int(page.samplesperpixel)), np.dtype(dtype).itemsize, n_pages)
+
+
+def _invert_miniswhite(data: np.ndarray, bits: int) -> np.ndarray:
+    if data.dtype == bool:
+        return ~data
+    if np.issubdtype(data.dtype, np.unsignedinteger):
+        top = (1 << min(bits, data.dtype.itemsize * 8)) - 1
+        return (top - data.astype(np.int64)).astype(data.dtype)
+    lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+    return (lo + hi - data).astype(data.dtype)
