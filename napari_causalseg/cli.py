@@ -165,7 +165,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.checkpoint import load_checkpoint
     from .engine.config import get_config
     from .engine.model import CausalCLIPSeg
-    from .engine.trainer import TrainConfig, Trainer
+    from .engine.train_config import TrainConfig
+    from .engine.trainer import Trainer
     from .engine.weights import load_clip_weights
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -197,13 +198,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             model = CausalCLIPSeg(cfg)
             provenance = {"clip_weights": load_clip_weights(model, pretrained)}
         provenance["data"] = {"root": str(splits.root), "layout": splits.layout, **splits.sizes()}
-        defaults = TrainConfig()
+        given = {name: value for name, value in (
+            ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
+            ("lam", args.lam), ("patience", args.patience)) if value is not None}
         config = TrainConfig(
-            epochs=args.epochs or defaults.epochs,
-            batch_size=args.batch_size or defaults.batch_size,
-            lr=args.lr or defaults.lr,
-            lam=defaults.lam if args.lam is None else args.lam,
-            patience=args.patience or defaults.patience,
+            **given,  # an explicit 0 is the user's value, not "use the default"
             freeze_encoders=args.freeze_encoders,
             seed=args.seed,
             device=args.device,

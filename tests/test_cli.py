@@ -214,3 +214,16 @@ def test_finetune_then_evaluate_a_copy_that_holds_only_the_test_split(capsys, tm
     assert json.loads(out)["per_image"]["n"] == 3
     rc, out, err = run(capsys, "finetune", str(test_only), "--checkpoint", str(start), "--out", str(tmp_path))
     assert rc == 1 and "no training cases" in err and "images/train" in err
+
+
+def test_explicit_zero_values_are_the_users_not_the_defaults(capsys, synth_dir, tmp_path):
+    """`--patience 0` stops after the first epoch (not after the default 100); `--lr 0` is
+    refused by name instead of silently training at the default rate."""
+    base = ["train", str(synth_dir), "--model", "tiny", "--pretrained", "none", "--epochs", "3",
+            "--batch-size", "2", "--steps-per-epoch", "1", "--device", "cpu"]
+    rc, _, err = run(capsys, *base, "--out", str(tmp_path / "p0"), "--patience", "0")
+    assert rc == 0, err
+    assert len((tmp_path / "p0" / "metrics.jsonl").read_text().splitlines()) == 1
+    rc, _, err = run(capsys, *base, "--out", str(tmp_path / "lr0"), "--lr", "0")
+    assert rc == 1 and "learning rate must be a positive number, got 0.0" in err
+    assert not (tmp_path / "lr0" / "last.safetensors").exists()

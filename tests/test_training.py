@@ -16,7 +16,8 @@ from napari_causalseg.engine import CausalCLIPSeg, ModelConfig, get_config, load
 from napari_causalseg.engine.data.readers import open_dataset
 from napari_causalseg.engine.data.synth import SynthConfig, write_lvit_dataset
 from napari_causalseg.engine.evaluate import evaluate_cases
-from napari_causalseg.engine.trainer import TrainConfig, Trainer
+from napari_causalseg.engine.train_config import TrainConfig
+from napari_causalseg.engine.trainer import Trainer
 
 SIZE = 128  # the tiny model at 128 px learns the synthetic task in ~20 s on 2 cores
 
@@ -160,3 +161,18 @@ def test_ddp_two_cpu_ranks_agree_and_only_rank0_writes(synth_data, tmp_path):
     v0 = json.loads((tmp_path / "val0.json").read_text())
     v1 = json.loads((tmp_path / "val1.json").read_text())
     assert v0 == v1 and v0[-1]["per_image"]["n"] == 4  # every val case counted once
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("lr", 0.0, "learning rate must be a positive number, got 0.0"),
+    ("lr", float("nan"), "learning rate must be a positive number"),
+    ("epochs", 0, "epochs must be at least 1, got 0"),
+    ("batch_size", 0, "batch size must be at least 1"),
+    ("lam", -0.1, "lambda must be a non-negative number"),
+    ("patience", -1, "patience must be 0 or more epochs"),
+    ("time_budget_s", 0.0, "the time budget must be positive"),
+])
+def test_train_config_refuses_values_that_cannot_train(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+    TrainConfig(patience=0, lam=0.0)  # the edges that do make sense are accepted

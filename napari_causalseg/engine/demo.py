@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .trainer import TrainEvent
+from .events import TrainEvent
 
 
 @dataclass(frozen=True)

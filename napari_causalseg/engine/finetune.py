@@ -29,7 +29,9 @@ import torch
 from .augment import NO_AUGMENTATION, AugmentConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.readers import AnnotationStore, Case, DatasetSplits, open_dataset
-from .trainer import TrainConfig, Trainer, TrainEvent
+from .events import TrainEvent
+from .train_config import TrainConfig
+from .trainer import Trainer
 
 #: Below this many validation cases a before/after difference is noise: one image's Dice
 #: spreads by ~0.25 on QaTa-COV19, so 5 paired cases give a standard error near 0.05.

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .events import TrainEvent
 from .segmenter import Segmenter, SegmenterConfig
-from .trainer import TrainEvent
 
 DEMO, OPENAI, CHECKPOINT = "demo", "openai", "checkpoint"
 SOURCE_LABELS = {

@@ -26,66 +26,18 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from .atomic import atomic_write, atomic_write_text
-from .augment import NO_AUGMENTATION, AugmentConfig, augment_batch
+from .augment import augment_batch
 from .checkpoint import save_checkpoint
 from .data.dataset import CaseDataset
 from .data.readers import Case
 from .device import resolve_device
 from .evaluate import evaluate_dataset
+from .events import TrainEvent
 from .model import CausalCLIPSeg
 from .objective import causal_objective
 from .tokenizer import NoteTokenizer
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The paper's recipe by default: Adam, cosine from 3e-5, lambda 0.05, patience 100."""
-
-    epochs: int = 2000  # maximum; early stopping usually ends sooner
-    batch_size: int = 8
-    lr: float = 3e-5
-    lam: float = 0.05
-    patience: int = 100  # epochs without validation-Dice improvement
-    freeze_encoders: bool = False  # keep the CLIP towers fixed (fine-tuning on a laptop)
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored elsewhere)
-    num_workers: int = 0
-    steps_per_epoch: int | None = None  # cap, for quick runs; None = the whole split
-    sync_batchnorm: bool = True  # under DDP on CUDA: BN statistics over all ranks
-    truncate_notes: bool = False  # opt-in: cut notes longer than the context (reported)
-    augment: AugmentConfig = NO_AUGMENTATION  # note-preserving flips, pose and exposure
-    val_every: int = 1  # validate every N epochs (and after the last); validation costs time
-    # Train for this many seconds: the learning rate follows a cosine over the time (after a
-    # short warm-up) instead of over the epochs, and the run stops, validated, when it is
-    # spent. For fine-tuning under a budget; not resumable to the same numbers.
-    time_budget_s: float | None = None
-    save_last: bool = True  # also write last.safetensors + state each epoch (for --resume)
-
-
-@dataclass
-class TrainEvent:
-    """One progress report; `kind` is 'step', 'epoch' or 'done'."""
-
-    kind: str
-    epoch: int
-    epochs: int
-    step: int = 0
-    steps: int = 0
-    global_step: int = 0
-    loss: float = math.nan  # L = L_c - lambda * L_s
-    loss_c: float = math.nan
-    loss_s: float = math.nan
-    lr: float = math.nan
-    val: dict[str, Any] | None = None  # per-image and global Dice/IoU
-    best_dice: float | None = None
-    eta_s: float | None = None
-    elapsed_s: float = 0.0
-    stopped: str | None = None  # 'early', 'cancelled', 'max_epochs', 'time_limit' on 'done'
-    message: str | None = None  # what a workflow around the trainer is doing (finetune.py)
-    result: Any = None  # on a workflow's 'finished' event: its result (finetune.FinetuneResult)
-    best_path: Path | None = None
+from .train_config import TrainConfig
+from .train_state import Resumable, read_train_state, write_train_state
 
 
 @dataclass
@@ -96,6 +48,20 @@ class _Progress:
     best_dice: float | None = None  # per-image validation Dice of the best epoch
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Clock:
+    """Wall time since the run started and recent step times, for ETAs and the budget."""
+
+    start: float
+    step_times: list[float] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def step_time(self) -> float:
+        return float(np.median(self.step_times[-20:])) if self.step_times else 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -135,12 +101,13 @@ class Trainer:
         model: CausalCLIPSeg,
         train_cases: Sequence[Case],
         val_cases: Sequence[Case],
-        config: TrainConfig = TrainConfig(),
+        config: TrainConfig | None = None,
         out_dir: str | Path | None = None,
         provenance: dict[str, Any] | None = None,
     ):
         if not train_cases:
             raise ValueError("no training cases: add at least one image with its mask and note")
+        config = config if config is not None else TrainConfig()
         self.config = config
         self.model = model
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -234,83 +201,24 @@ class Trainer:
     def run(self) -> Iterator[TrainEvent]:
         cfg = self.config
         steps = self.steps_per_epoch()
-        start = time.perf_counter()
-        step_times: list[float] = []
+        clock = _Clock(time.perf_counter())
         stopped = "max_epochs"
         best_path = None
         p = self.progress
         for epoch in range(p.epoch, cfg.epochs):
-            self.net.train()
-            if cfg.freeze_encoders:
-                _frozen_bn_eval(self.model)
-            sums = np.zeros(3)
+            sums = np.zeros(3)  # L, L_c, L_s summed over the epoch's steps
             seen = 0
-            for step, batch in enumerate(self._train_loader(epoch)):
-                if step >= steps:
-                    break
-                if self.cancelled or self._out_of_time(start):
-                    break
-                if cfg.time_budget_s:
-                    self._set_budget_lr(time.perf_counter() - start, p.global_step)
-                t0 = time.perf_counter()
-                images, masks, tokens = augment_batch(
-                    batch["image"].to(self.device), batch["mask"].to(self.device),
-                    batch["tokens"].to(self.device), batch["mirrored_tokens"].to(self.device),
-                    batch["can_flip"], cfg.augment, self._augment_generator,
-                )
-                with self._autocast():
-                    terms = causal_objective(self.net, images, tokens, masks, cfg.lam)
-                self.optimizer.zero_grad(set_to_none=True)
-                terms.backward.backward()
-                self.optimizer.step()
-                p.global_step += 1
-                losses = np.array([terms.objective.item(), terms.causal.item(), terms.confounding.item()])
-                sums += losses
+            for event in self._train_epoch(epoch, steps, clock):
+                sums += (event.loss, event.loss_c, event.loss_s)
                 seen += 1
-                step_times.append(time.perf_counter() - t0)
-                remaining = (steps - step - 1) + steps * (cfg.epochs - epoch - 1)
-                yield TrainEvent(
-                    "step", epoch + 1, cfg.epochs, step + 1, steps, p.global_step,
-                    *losses.tolist(), lr=self.optimizer.param_groups[0]["lr"],
-                    best_dice=p.best_dice,
-                    eta_s=float(np.median(step_times[-20:])) * remaining,
-                    elapsed_s=time.perf_counter() - start,
-                )
+                yield event
             if self.cancelled:
                 stopped = "cancelled"
                 break
-            out_of_time = self._out_of_time(start)
-            self._sync_buffers()
-            lr = self.optimizer.param_groups[0]["lr"]
-            if not cfg.time_budget_s:
-                self.scheduler.step()
-            p.epoch = epoch + 1
-            due = p.epoch % max(cfg.val_every, 1) == 0 or p.epoch == cfg.epochs or out_of_time
-            val = self.evaluate() if due else None
-            if due or not self.val_set:
-                score = val["per_image"]["dice"] if val else -sums[1] / max(seen, 1)
-            else:
-                score = -math.inf  # not validated this epoch: cannot become the best
-            improved = score > p.best_score
-            if improved:
-                p.best_score, p.best_epoch = score, p.epoch
-                p.best_dice = val["per_image"]["dice"] if val else None
-            record = {
-                "epoch": p.epoch, "global_step": p.global_step, "lr": lr,
-                "loss": sums[0] / max(seen, 1), "loss_c": sums[1] / max(seen, 1),
-                "loss_s": sums[2] / max(seen, 1),
-                "val": {k: val[k] for k in ("per_image", "global")} if val else None,
-                "best_dice": p.best_dice, "best_epoch": p.best_epoch,
-                "elapsed_s": time.perf_counter() - start,
-            }
-            p.history.append(record)
-            best_path = self._write_epoch(record, improved) or best_path
-            yield TrainEvent(
-                "epoch", p.epoch, cfg.epochs, steps, steps, p.global_step,
-                record["loss"], record["loss_c"], record["loss_s"], lr, val=val,
-                best_dice=p.best_dice, elapsed_s=record["elapsed_s"],
-                eta_s=float(np.median(step_times[-20:])) * steps * (cfg.epochs - p.epoch) if step_times else None,
-            )
+            out_of_time = self._out_of_time(clock.start)
+            event, path = self._end_epoch(epoch, steps, sums / max(seen, 1), out_of_time, clock)
+            best_path = path or best_path
+            yield event
             if out_of_time:
                 stopped = "time_limit"
                 break
@@ -323,8 +231,78 @@ class Trainer:
         yield TrainEvent(
             "done", p.epoch, cfg.epochs, global_step=p.global_step,
             best_dice=p.best_dice,
-            elapsed_s=time.perf_counter() - start, stopped=stopped, best_path=best_path,
+            elapsed_s=clock.elapsed(), stopped=stopped, best_path=best_path,
         )
+
+    def _train_epoch(self, epoch: int, steps: int, clock: _Clock) -> Iterator[TrainEvent]:
+        """One epoch's optimisation steps, a 'step' event each; stops early on cancel or time."""
+        cfg = self.config
+        p = self.progress
+        self.net.train()
+        if cfg.freeze_encoders:
+            _frozen_bn_eval(self.model)
+        for step, batch in enumerate(self._train_loader(epoch)):
+            if step >= steps or self.cancelled or self._out_of_time(clock.start):
+                break
+            if cfg.time_budget_s:
+                self._set_budget_lr(clock.elapsed(), p.global_step)
+            t0 = time.perf_counter()
+            images, masks, tokens = augment_batch(
+                batch["image"].to(self.device), batch["mask"].to(self.device),
+                batch["tokens"].to(self.device), batch["mirrored_tokens"].to(self.device),
+                batch["can_flip"], cfg.augment, self._augment_generator,
+            )
+            with self._autocast():
+                terms = causal_objective(self.net, images, tokens, masks, cfg.lam)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms.backward.backward()
+            self.optimizer.step()
+            p.global_step += 1
+            losses = [terms.objective.item(), terms.causal.item(), terms.confounding.item()]
+            clock.step_times.append(time.perf_counter() - t0)
+            remaining = (steps - step - 1) + steps * (cfg.epochs - epoch - 1)
+            yield TrainEvent(
+                "step", epoch + 1, cfg.epochs, step + 1, steps, p.global_step,
+                *losses, lr=self.optimizer.param_groups[0]["lr"], best_dice=p.best_dice,
+                eta_s=clock.step_time() * remaining, elapsed_s=clock.elapsed(),
+            )
+
+    def _end_epoch(self, epoch: int, steps: int, means: np.ndarray, out_of_time: bool,
+                   clock: _Clock) -> tuple[TrainEvent, Path | None]:
+        """Validate when due, pick the best epoch, write checkpoints and metrics."""
+        cfg = self.config
+        p = self.progress
+        self._sync_buffers()
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not cfg.time_budget_s:
+            self.scheduler.step()
+        p.epoch = epoch + 1
+        due = p.epoch % max(cfg.val_every, 1) == 0 or p.epoch == cfg.epochs or out_of_time
+        val = self.evaluate() if due else None
+        if due or not self.val_set:
+            score = val["per_image"]["dice"] if val else -means[1]
+        else:
+            score = -math.inf  # not validated this epoch: cannot become the best
+        improved = score > p.best_score
+        if improved:
+            p.best_score, p.best_epoch = score, p.epoch
+            p.best_dice = val["per_image"]["dice"] if val else None
+        record = {
+            "epoch": p.epoch, "global_step": p.global_step, "lr": lr,
+            "loss": means[0], "loss_c": means[1], "loss_s": means[2],
+            "val": {k: val[k] for k in ("per_image", "global")} if val else None,
+            "best_dice": p.best_dice, "best_epoch": p.best_epoch,
+            "elapsed_s": clock.elapsed(),
+        }
+        p.history.append(record)
+        best_path = self._write_epoch(record, improved)
+        event = TrainEvent(
+            "epoch", p.epoch, cfg.epochs, steps, steps, p.global_step,
+            record["loss"], record["loss_c"], record["loss_s"], lr, val=val,
+            best_dice=p.best_dice, elapsed_s=record["elapsed_s"],
+            eta_s=clock.step_time() * steps * (cfg.epochs - p.epoch) if clock.step_times else None,
+        )
+        return event, best_path
 
     def _out_of_time(self, start: float) -> bool:
         limit = self.config.time_budget_s
@@ -377,72 +355,13 @@ class Trainer:
         return best
 
     def save_state(self, path: Path) -> None:
-        """Optimiser, scheduler, progress and RNG states, without pickle."""
-        from safetensors.torch import save_file
-
-        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        tensors["rng.loader"] = self._loader_generator.get_state()
-        tensors["rng.augment"] = self._augment_generator.get_state()
-        opt = self.optimizer.state_dict()
-        for idx, state in opt["state"].items():
-            for name, value in state.items():
-                tensors[f"optimizer.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        meta = {
-            "format": "napari-causalseg.train-state/1",
-            "param_groups": opt["param_groups"],
-            "scheduler": self.scheduler.state_dict(),
-            "progress": asdict(self.progress),
-            "python_random": _jsonable_random_state(),
-            "numpy_random": _jsonable_numpy_state(),
-            "train_config": asdict(self.config),
-        }
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)}))
-        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1, default=str) + "\n")
+        """Optimiser, scheduler, progress and RNG states, without pickle (for ``--resume``)."""
+        write_train_state(path, self._resumable(), asdict(self.progress), asdict(self.config))
 
     def load_state(self, path: str | Path) -> None:
         """Continue where `save_state` left off (the model weights come from last.safetensors)."""
-        from safetensors import safe_open
+        self.progress = _Progress(**read_train_state(path, self._resumable()))
 
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no training state to resume from: {path}")
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads(fh.metadata()["state"])
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open API
-        opt_state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, idx, name = key.split(".", 2)
-                opt_state.setdefault(int(idx), {})[name] = value.to(self.device) if name != "step" else value
-        groups = meta["param_groups"]
-        for group in groups:
-            if "betas" in group:
-                group["betas"] = tuple(group["betas"])
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-        self.scheduler.load_state_dict(meta["scheduler"])
-        self.progress = _Progress(**meta["progress"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-        self._loader_generator.set_state(tensors["rng.loader"])
-        if "rng.augment" in tensors:  # states written before augmentation existed lack it
-            self._augment_generator.set_state(tensors["rng.augment"])
-        random.setstate(_restore_random_state(meta["python_random"]))
-        name, keys, pos, has_gauss, cached = meta["numpy_random"]
-        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))  # noqa: NPY002
-
-
-def _jsonable_random_state() -> list[Any]:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _restore_random_state(state: list[Any]) -> tuple[Any, ...]:
-    return (state[0], tuple(state[1]), state[2])
-
-
-def _jsonable_numpy_state() -> list[Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
-    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+    def _resumable(self) -> Resumable:
+        return Resumable(self.optimizer, self.scheduler, self.device,
+                         {"loader": self._loader_generator, "augment": self._augment_generator})
