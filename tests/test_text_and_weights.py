@@ -114,11 +114,11 @@ def test_wrong_clip_weights_are_a_clear_error(tmp_path):
 
 
 def test_openai_download_failure_is_a_clear_error(tmp_path):
-    """Offline (here always), open_clip's hub error becomes a WeightsError saying what to do.
+    """Offline (here always), the hub's error becomes a WeightsError saying what to do.
     A child process, so that the hub reads HF_HUB_OFFLINE and an empty cache at import."""
     code = (
         "from napari_causalseg.engine.weights import WeightsError, openai_state_dict\n"
-        "try:\n    openai_state_dict('RN101')\n"
+        "try:\n    openai_state_dict('RN101-quickgelu')\n"
         "except WeightsError as exc:\n    print('WeightsError:', exc)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
@@ -126,8 +126,31 @@ def test_openai_download_failure_is_a_clear_error(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("WeightsError: OpenAI's CLIP RN101 weights could not be obtained")
+    assert out.stdout.startswith("WeightsError: OpenAI's CLIP RN101-quickgelu weights could not be "
+                                 "downloaded from the Hugging Face Hub (timm/resnet101_clip.openai;")
     assert "--pretrained PATH" in out.stdout
+    assert "hf download timm/resnet101_clip.openai open_clip_model.safetensors" in out.stdout
+
+
+def test_openai_weights_come_from_the_hub_cache_as_open_clip_stores_them(tmp_path):
+    """A file already in the Hugging Face cache (where a first online use puts it) is read
+    offline as plain tensors, in a child process so the hub reads its settings at import."""
+    snapshot = tmp_path / "hub" / "models--timm--resnet101_clip.openai" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    save_file({"visual.conv1.weight": torch.arange(6.0).reshape(1, 1, 2, 3)},
+              str(snapshot / "open_clip_model.safetensors"))
+    code = (
+        "from napari_causalseg.engine.weights import openai_state_dict\n"
+        "state = openai_state_dict('RN101-quickgelu')\n"
+        "print(sorted(state), state['visual.conv1.weight'].flatten().tolist())\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['visual.conv1.weight'] [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]"
 
 
 class Payload:

@@ -1,4 +1,4 @@
-"""Load CLIP weights (OpenAI or a local open_clip/OpenAI file) into CausalCLIPSeg.
+"""Load CLIP weights (OpenAI's from the Hugging Face Hub, or a local open_clip/OpenAI file).
 
 Only the CLIP towers come from these files; the causal head and decoders start from
 random initialisation, as in the paper. Files are read without unpickling arbitrary
@@ -55,22 +55,45 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
 
 
-def openai_state_dict(clip_name: str) -> dict[str, torch.Tensor]:
-    """OpenAI weights through open_clip's normal loader (downloads on first use)."""
-    import open_clip
+#: Where open_clip itself gets OpenAI's weights: a Hugging Face Hub repository per open_clip
+#: model name, and the files it tries in order (safetensors first, as open_clip does).
+OPENAI_HUB_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "RN101-quickgelu": ("timm/resnet101_clip.openai",
+                        ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")),
+}
 
+
+def openai_state_dict(clip_name: str) -> dict[str, torch.Tensor]:
+    """OpenAI's CLIP weights from the Hugging Face Hub (downloaded once, then cached).
+
+    The same files open_clip downloads, fetched with ``huggingface_hub`` so that neither
+    open_clip nor torchvision (which pins the torch build) is needed at run time; they
+    are read without unpickling (:func:`read_clip_state_dict`).
+    """
+    if clip_name not in OPENAI_HUB_FILES:
+        raise WeightsError(f"no OpenAI weights are known for {clip_name!r}; "
+                           f"known: {', '.join(sorted(OPENAI_HUB_FILES))}")
+    repo, filenames = OPENAI_HUB_FILES[clip_name]
     try:
-        clip = open_clip.create_model(clip_name, pretrained="openai")
-    except Exception as exc:  # noqa: BLE001 - network and hub errors come in many types
-        raise WeightsError(
-            f"OpenAI's CLIP {clip_name} weights could not be obtained through open_clip "
-            f"({type(exc).__name__}: {exc}). They are downloaded on first use, so this needs "
-            "the internet once. On a machine without it, fetch them elsewhere (open_clip."
-            f"create_model({clip_name!r}, pretrained='openai') stores them in the Hugging Face "
-            "cache), copy the weights file over and pass its path instead of 'openai' "
-            "(causalseg train --pretrained PATH)."
-        ) from exc
-    return clip.state_dict()
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:
+        raise WeightsError("downloading OpenAI's CLIP weights needs huggingface_hub: "
+                           "pip install huggingface_hub") from exc
+    failures = []
+    for filename in filenames:
+        try:
+            return read_clip_state_dict(hf_hub_download(repo_id=repo, filename=filename))
+        except WeightsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - network and hub errors come in many types
+            failures.append(f"{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    raise WeightsError(
+        f"OpenAI's CLIP {clip_name} weights could not be downloaded from the Hugging Face Hub "
+        f"({repo}; {'; '.join(failures)}). They are downloaded once on first use, so this needs "
+        f"the internet once. On a machine without it, download {repo}/{filenames[0]} elsewhere "
+        f"(e.g. `hf download {repo} {filenames[0]}`), copy it over and pass its path instead of "
+        "'openai' (causalseg train --pretrained PATH)."
+    )
 
 
 def clip_to_causalseg(state: dict[str, torch.Tensor], model: CausalCLIPSeg) -> dict[str, torch.Tensor]:
