@@ -83,7 +83,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.notes import notes_for
-    from napari_causalseg.engine import CausalCLIPSeg, Segmenter, SegmenterConfig, get_config
+    from napari_causalseg.engine import Segmenter, SegmenterConfig, build_model, get_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,7 +94,7 @@ def main() -> None:
     else:
         torch.manual_seed(0)
         cfg = get_config(args.config)
-        seg = Segmenter(CausalCLIPSeg(cfg), SegmenterConfig(device="cpu"))
+        seg = Segmenter(build_model(cfg)[0], SegmenterConfig(device="cpu"))
     model = seg.model
     stages["after_load"] = rss_mb()
     image = np.random.default_rng(0).integers(0, 255, (cfg.image_size,) * 2, dtype=np.uint8)

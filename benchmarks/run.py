@@ -4,7 +4,7 @@
     python benchmarks/run.py --json   # prints one JSON object instead (still writes the file)
 
 Both models hold the same random weights (no downloads needed): the production
-`CausalCLIPSeg` and the oracle of tests/reference.py (upsample, then convolve, at full
+`CausalCLIPSeg` and the oracle of napari_causalseg/testing/reference.py (upsample, then convolve, at full
 resolution, both decoders, as the method describes). Every ratio is taken between numbers
 measured in this run, with the two models' measurements interleaved so that a change in
 machine load hits both. Measured on the CPU for the `rn101` configuration at 224x224:
@@ -49,11 +49,11 @@ from napari_causalseg.engine import (  # noqa: E402
     NoteTokenizer,
     Segmenter,
     SegmenterConfig,
-    get_config,
+    build_model,
     save_checkpoint,
 )
 from napari_causalseg.engine.objective import causal_objective  # noqa: E402
-from tests.reference import reference_from, with_batchnorm_statistics  # noqa: E402
+from napari_causalseg.testing.reference import reference_from, with_batchnorm_statistics  # noqa: E402
 
 TARGETS = {
     "first_prompt_ratio": 0.25,  # first prompt / reference forward, at most
@@ -135,7 +135,7 @@ def build_models(config: str, seed: int = 0) -> tuple[CausalCLIPSeg, torch.nn.Mo
     """Random weights, with non-trivial BatchNorm statistics in the decoders (so that
     eval-mode folding is exercised), and the reference holding a copy of them."""
     torch.manual_seed(seed)
-    model = CausalCLIPSeg(get_config(config)).eval()
+    model = build_model(config)[0].eval()
     for i, dec in enumerate((model.causal_decoder, model.confounding_decoder)):
         with_batchnorm_statistics(dec, seed=seed + i)
     return model, reference_from(model).eval()

@@ -9,7 +9,6 @@ or `causalseg train DATA --out RUN --nproc 2`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -164,10 +163,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.augment import NO_AUGMENTATION, AugmentConfig
     from .engine.checkpoint import load_checkpoint
     from .engine.config import get_config
-    from .engine.model import CausalCLIPSeg
+    from .engine.factory import build_model
     from .engine.train_config import TrainConfig
     from .engine.trainer import Trainer
-    from .engine.weights import load_clip_weights
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -190,13 +188,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             provenance = {"init_checkpoint": str(args.checkpoint), "init_provenance": info.provenance}
         else:
             cfg = get_config(args.model or "rn101")
-            if args.context_length:
-                cfg = dataclasses.replace(
-                    cfg, text=dataclasses.replace(cfg.text, context_length=args.context_length)
-                )
             pretrained = args.pretrained or ("openai" if cfg.clip_name else "none")
-            model = CausalCLIPSeg(cfg)
-            provenance = {"clip_weights": load_clip_weights(model, pretrained)}
+            model, clip_weights = build_model(cfg, pretrained, context_length=args.context_length)
+            provenance = {"clip_weights": clip_weights}
         provenance["data"] = {"root": str(splits.root), "layout": splits.layout, **splits.sizes()}
         given = {name: value for name, value in (
             ("epochs", args.epochs), ("batch_size", args.batch_size), ("lr", args.lr),
@@ -316,11 +310,11 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
 
 
 def _segmenter(checkpoint: Path | None, device: str, threshold: float = 0.5):
-    from .engine.demo import demo_checkpoint
-    from .engine.segmenter import Segmenter, SegmenterConfig
+    from .engine.model_sources import CHECKPOINT, DEMO, ModelSource, open_segmenter
+    from .engine.segmenter import SegmenterConfig
 
-    path = checkpoint if checkpoint is not None else demo_checkpoint(progress=True)
-    return Segmenter.from_checkpoint(path, SegmenterConfig(device=device, threshold=threshold)), path
+    source = ModelSource(DEMO) if checkpoint is None else ModelSource(CHECKPOINT, checkpoint)
+    return open_segmenter(source, SegmenterConfig(device=device, threshold=threshold), progress=True)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -374,7 +368,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .engine.checkpoint import read_checkpoint_info
     from .engine.config import get_config
-    from .engine.model import CausalCLIPSeg, count_parameters
+    from .engine.factory import build_model
+    from .engine.model import count_parameters
 
     if args.checkpoint is not None:
         info = read_checkpoint_info(args.checkpoint)
@@ -384,7 +379,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     with torch.device("meta"):
-        model = CausalCLIPSeg(cfg)
+        model, _ = build_model(cfg)
     parts = {name: count_parameters(m) for name, m in model.named_children()}
     print(json.dumps({"config": cfg.to_dict(), "parameters": count_parameters(model),
                       "parameters_by_part": parts, **{k: v for k, v in extra.items() if k != "model"}},
@@ -413,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: one clear line for users
         if args.debug:
             raise
-        from .engine.errors import USER_ERRORS
+        from .engine.user_errors import USER_ERRORS
 
         if isinstance(exc, (CLIError, *USER_ERRORS)):
             print(f"causalseg {args.command}: error: {exc}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The restructured decoder against the straightforward oracle (tests/reference.py).
+"""The restructured decoder against the straightforward oracle (napari_causalseg/testing/reference.py).
 
 Outputs are compared in float32 at the method's tolerance (1e-4 of the logits' scale);
 gradients in float64, where the comparison is about the algebra and not about which of
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from napari_causalseg.engine import CausalCLIPSeg, get_config
 from napari_causalseg.engine.decoder import TextConditionedDecoder
 from napari_causalseg.engine.upconv import interpolation_matrix, upsample_conv3x3
+from napari_causalseg.testing.reference import ReferenceDecoder, reference_from
 
-from .reference import ReferenceDecoder, reference_from
 from .test_model import tokens
 
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.gui
 from qtpy.QtCore import QTimer  # noqa: E402
 
 from napari_causalseg.engine import CausalCLIPSeg, get_config, save_checkpoint  # noqa: E402
-from napari_causalseg.engine.sources import CHECKPOINT  # noqa: E402
+from napari_causalseg.engine.model_sources import CHECKPOINT  # noqa: E402
 from napari_causalseg.widgets import FineTuneWidget, SegmentWidget  # noqa: E402
 
 from .conftest import OTHER_NOTE  # noqa: E402
@@ -353,7 +353,7 @@ def test_a_crashed_run_is_reported_loses_nothing_and_the_next_run_works(
 def test_holder_reloads_a_checkpoint_rewritten_in_place(tiny_checkpoint):
     """The engine refuses weights whose file changed under it; the widget's model holder
     then loads the file again instead of failing on every click."""
-    from napari_causalseg.engine.sources import ModelSource
+    from napari_causalseg.engine.model_sources import ModelSource
     from napari_causalseg.widgets.segment import SegmenterHolder
 
     holder = SegmenterHolder()

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bn_folding import batchnorm_affine
 from .causal import conv_bn_relu
-from .fusion import batchnorm_affine
 from .upconv import tap_weights, upsample_conv3x3, upsample_conv3x3_taps
 
 

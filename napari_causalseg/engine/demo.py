@@ -93,12 +93,11 @@ def train_demo_model(
     interrupted first run leaves nothing half-made behind.
     """
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .config import get_config
     from .data.readers import open_dataset
     from .data.synth import write_lvit_dataset
     from .evaluate import evaluate_cases
+    from .factory import build_model
     from .finetune import Finetune, FinetuneConfig, FinetunePlan
-    from .model import CausalCLIPSeg
     from .trainer import seed_everything
 
     out_dir = Path(out_dir)
@@ -111,7 +110,7 @@ def train_demo_model(
                                   seed=recipe.seed, cfg=recipe.synth_config())
         splits = open_dataset(data)
         seed_everything(recipe.seed)
-        model = CausalCLIPSeg(get_config("tiny"))
+        model, _ = build_model("tiny")
         # the fixed recipe, through the same workflow as a user's fine-tuning
         plan = FinetunePlan(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
                             freeze_encoders=False, augment=recipe.augment, val_every=1,

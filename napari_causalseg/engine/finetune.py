@@ -259,11 +259,11 @@ class Finetune:
     def _start_model(self, progress) -> tuple[Any, Path | None, dict[str, Any]]:
         if self._model is not None:
             return self._model, None, {}
-        path = self.config.checkpoint
-        if path is None:
-            from .demo import demo_checkpoint
+        from .model_sources import CHECKPOINT, DEMO, ModelSource, source_checkpoint
 
-            path = demo_checkpoint(progress=progress)
+        start = self.config.checkpoint
+        path = source_checkpoint(ModelSource(DEMO) if start is None else ModelSource(CHECKPOINT, start),
+                                 progress=progress)
         model, info = load_checkpoint(path)
         return model, Path(path), info.provenance
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .bn_folding import FusedModelError
 from .causal import CausalFeatures, CausalIntervention, fuse_confounder_masks
 from .config import ModelConfig
 from .decoder import TextConditionedDecoder
 from .encoders import TextEncoder, VisionEncoder
-from .fusion import FusedModelError
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -47,7 +47,7 @@ class CausalSegOutput:
 
 
 class CausalCLIPSeg(nn.Module):
-    fused_for_inference = False  # set by fusion.fuse_for_inference_ (BatchNorms folded)
+    fused_for_inference = False  # set by bn_folding.fuse_for_inference_ (BatchNorms folded)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -82,6 +82,15 @@ class CausalCLIPSeg(nn.Module):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """tau: (B, embed_dim), identical to open_clip's `encode_text`."""
         return self.text(tokens)
+
+    def pixel_features(self, causal: torch.Tensor) -> torch.Tensor:
+        """D_c's text-independent part at input resolution: what an image-feature cache
+        keeps, so a new note on the same image only runs the text side."""
+        return self.causal_decoder.features(causal)
+
+    def causal_logits(self, pixels: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """D_c's note-dependent part: the dynamic kernel of tau applied to cached pixels."""
+        return self.causal_decoder.logits(pixels, tau)
 
     def forward(
         self,

@@ -5,7 +5,7 @@ same image reruns only the text encoder and D_c's note-dependent part, one KxK c
 C->1 (the 1x1 conv folded into the text kernel, see decoder.py). Only D_c runs: D_s is
 a training device, and F^s is not computed. Text features are cached per normalised note.
 A Segmenter that loads its own model (`from_checkpoint`, `from_config`) maps the weights
-from the file and folds the image side's BatchNorms in place (fusion.py).
+from the file and folds the image side's BatchNorms in place (bn_folding.py).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bn_folding import fuse_for_inference_
 from .cache import LRUCache
 from .checkpoint import FileIdentity, load_checkpoint
-from .config import ModelConfig, get_config
+from .config import ModelConfig
 from .device import resolve_device
-from .fusion import fuse_for_inference_
+from .factory import build_model
 from .model import CausalCLIPSeg
 from .preprocess import PreprocessConfig, prepare_image, resize_to, to_grey_or_rgb
 from .tokenizer import NoteTokenizer, TokenizedNote
-from .weights import load_clip_weights
 
 
 def check_threshold(threshold: float) -> float:
@@ -137,9 +137,7 @@ class Segmenter:
         config: SegmenterConfig = SegmenterConfig(),
     ) -> Segmenter:
         """A model from a preset name/config, with optional CLIP weights."""
-        cfg = get_config(model_config) if isinstance(model_config, str) else model_config
-        model = CausalCLIPSeg(cfg)
-        load_clip_weights(model, pretrained)
+        model, _ = build_model(model_config, pretrained)
         return cls(model, config, fuse=True)
 
     @property
@@ -177,7 +175,7 @@ class Segmenter:
                 return cached
             tensor = prepare_image(image, self.preprocess).to(self.device)
             feats = self.model.encode_image(tensor, with_confounding=False)
-            pixels = self.model.causal_decoder.features(feats.causal)
+            pixels = self.model.pixel_features(feats.causal)
             # at the image's own size once, not on every prompt (~25 ms for a 3000 px X-ray)
             confounder = resize_to(feats.confounder_map().float(), tuple(image.shape[:2]))[0, 0]
             result = ImageFeatures(pixels, confounder.clamp(0, 1).cpu().numpy())
@@ -202,7 +200,7 @@ class Segmenter:
         feats = self.image_features(image)
         with self._lock, torch.inference_mode():
             self._check_weights()
-            logits = self.model.causal_decoder.logits(feats.pixels, tau)
+            logits = self.model.causal_logits(feats.pixels, tau)
             probability = torch.sigmoid(resize_to(logits.float(), feats.shape))[0, 0]
         prob = probability.cpu().numpy()
         return SegmentationResult(

@@ -36,7 +36,7 @@ from ..engine.data.readers import AnnotationStore, Case, safe_case_name
 from ..engine.finetune import FinetuneConfig
 from ..engine.finetune_process import FinetuneCrashed, FinetuneFailed, FinetuneProcess
 from ..engine.images import to_gray
-from ..engine.sources import CHECKPOINT, DEMO
+from ..engine.model_sources import CHECKPOINT, DEMO
 from ._layers import NOTE_KEY, SOURCE_KEY, image_array
 
 if TYPE_CHECKING:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -28,9 +27,17 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from superqt.utils import ensure_main_thread
 
+from ..engine.device import available_devices
+from ..engine.model_sources import (
+    CHECKPOINT,
+    DEMO,
+    OPENAI,
+    SOURCE_LABELS,
+    ModelSource,
+    open_segmenter,
+)
 from ..engine.notes import SIDES, ZONES, make_note
 from ..engine.segmenter import SegmenterConfig
-from ..engine.sources import CHECKPOINT, DEMO, OPENAI, SOURCE_LABELS, ModelSource, open_segmenter
 from ._layers import (
     LESION_SUFFIX,
     NOTE_KEY,
@@ -43,16 +50,6 @@ from ._layers import (
 
 if TYPE_CHECKING:
     import napari.viewer
-
-
-def available_devices() -> list[str]:
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 def _cheap_to_open(source: ModelSource) -> bool:

@@ -37,27 +37,38 @@ class ModelSource:
         return f"{SOURCE_LABELS[self.kind]}: {self.path}" if self.kind == CHECKPOINT else SOURCE_LABELS[self.kind]
 
 
+def source_checkpoint(
+    source: ModelSource,
+    progress: Callable[[TrainEvent], None] | bool = False,
+    train_in_child: bool = False,
+) -> Path | None:
+    """The checkpoint file behind `source`: the demo model's (trained on first use), the
+    chosen file, or None for OpenAI CLIP (built, not loaded). The one place that answers
+    "demo or checkpoint?" for the CLI, the widgets and fine-tuning.
+    `train_in_child`: the demo's first-use training runs in a child process (GUIs);
+    `progress` then gets each event as a dict."""
+    if source.kind == OPENAI:
+        return None
+    if source.kind == CHECKPOINT:
+        return Path(source.path)
+    if train_in_child:
+        from .finetune_process import demo_checkpoint_in_child
+
+        return demo_checkpoint_in_child(progress if callable(progress) else None)
+    from .demo import demo_checkpoint
+
+    return demo_checkpoint(progress=progress)
+
+
 def open_segmenter(
     source: ModelSource,
     config: SegmenterConfig | None = None,
     progress: Callable[[TrainEvent], None] | bool = False,
     train_in_child: bool = False,
 ) -> tuple[Segmenter, Path | None]:
-    """The Segmenter for `source`, and the checkpoint it was loaded from (if any).
-    `train_in_child`: the demo model's first-use training runs in a child process (GUIs);
-    `progress` then gets each event as a dict."""
+    """The Segmenter for `source`, and the checkpoint it was loaded from (if any)."""
     config = config or SegmenterConfig()
-    if source.kind == OPENAI:
+    path = source_checkpoint(source, progress, train_in_child)
+    if path is None:
         return Segmenter.from_config("rn101", pretrained="openai", config=config), None
-    if source.kind == DEMO:
-        if train_in_child:
-            from .finetune_process import demo_checkpoint_in_child
-
-            path = demo_checkpoint_in_child(progress if callable(progress) else None)
-        else:
-            from .demo import demo_checkpoint
-
-            path = demo_checkpoint(progress=progress)
-    else:
-        path = Path(source.path)
     return Segmenter.from_checkpoint(path, config), path

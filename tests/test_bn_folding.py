@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from napari_causalseg.engine import CheckpointError, Segmenter, SegmenterConfig, save_checkpoint
-from napari_causalseg.engine.fusion import FusedModelError, fold_batchnorm_, fuse_for_inference_
+from napari_causalseg.engine.bn_folding import FusedModelError, fold_batchnorm_, fuse_for_inference_
+from napari_causalseg.testing.reference import with_batchnorm_statistics
 
 from .conftest import NOTE
-from .reference import with_batchnorm_statistics
 
 
 def test_folding_is_exact_in_float64(tiny_model):
