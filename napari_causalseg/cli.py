@@ -256,31 +256,19 @@ def _show_progress(events, cancel, show: bool, summary=None):
     cancels between steps."""
     from tqdm import tqdm
 
-    bar = None
+    from .engine.progress import EPOCH_STEPS, EventBar
+
+    bar = EventBar(lambda total, desc: tqdm(total=total, desc=desc, unit="step", leave=False,
+                                            file=sys.stderr), EPOCH_STEPS, "train")
     try:
         for event in events:
             yield event
             if not show:
                 continue
-            if event.kind == "step":
-                if bar is None or bar.total != event.steps or event.step == 1:
-                    if bar is not None:
-                        bar.close()
-                    bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}/{event.epochs}",
-                               unit="step", leave=False, file=sys.stderr)
-                bar.update(1)
-                bar.set_postfix(L_c=f"{event.loss_c:.4f}", L_s=f"{event.loss_s:.4f}", lr=f"{event.lr:.2e}")
-            elif event.kind == "epoch":
-                if bar is not None:
-                    bar.close()
-                    bar = None
-                val = event.val or {}
-                dice = val.get("per_image", {}).get("dice")
-                gdice = val.get("global", {}).get("dice")
-                print(f"epoch {event.epoch}: L={event.loss:.4f} L_c={event.loss_c:.4f} L_s={event.loss_s:.4f}"
-                      + (f" val Dice per-image={dice:.4f} global={gdice:.4f}" if dice is not None else ""),
-                      file=sys.stderr)
-            elif event.kind == "done":
+            line = bar.feed(event)
+            if line:
+                print(line, file=sys.stderr)
+            if event.kind == "done":
                 print(json.dumps({"stopped": event.stopped, "epochs": event.epoch,
                                   "best_val_dice_per_image": event.best_dice,
                                   "best": str(event.best_path) if event.best_path else None,
@@ -289,8 +277,7 @@ def _show_progress(events, cancel, show: bool, summary=None):
         cancel()
         raise CLIError("interrupted; no finished epoch or model was lost") from None
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 def _launch_torchrun(nproc: int, argv: list[str]) -> int:

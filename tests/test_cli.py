@@ -38,7 +38,7 @@ def test_train_evaluate_segment_info(capsys, synth_dir, tmp_path):
     for name in ("best.safetensors", "best.json", "last.safetensors", "last.json",
                  "last.state.safetensors", "metrics.jsonl"):
         assert (run_dir / name).is_file(), name
-    assert "epoch 2:" in err and "val Dice per-image=" in err
+    assert "epoch 2/2: L_c " in err and "val Dice " in err and " per image, " in err
 
     # resume for one more epoch
     rc, out, err = run(capsys, "train", str(synth_dir), "--out", str(run_dir), "--resume",

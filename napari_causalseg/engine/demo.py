@@ -143,21 +143,15 @@ def _reporter(progress: bool | Callable[[TrainEvent], None]) -> Callable[[Any, s
         return lambda event, message: None
     from tqdm import tqdm
 
-    state: dict[str, Any] = {}
+    from .progress import RUN_STEPS, EventBar
+
+    bar = EventBar(lambda total, desc: tqdm(total=total, desc=desc, unit="step", file=sys.stderr),
+                   RUN_STEPS, "[demo model] training (first use only)")
 
     def show(event: TrainEvent | None, message: str | None) -> None:
         if message:
             print(f"[demo model] {message}", file=sys.stderr)
-            return
-        if event.kind == "step":
-            bar = state.get("bar")
-            if bar is None:
-                total = event.steps * event.epochs
-                bar = state["bar"] = tqdm(total=total, desc="[demo model] training (first use only)",
-                                          unit="step", file=sys.stderr)
-            bar.update(1)
-            bar.set_postfix(epoch=event.epoch, L_c=f"{event.loss_c:.3f}")
-        elif event.kind == "done" and "bar" in state:
-            state.pop("bar").close()
+        else:
+            bar.feed(event)
 
     return show

@@ -37,6 +37,7 @@ from ..engine.finetune import FinetuneConfig
 from ..engine.finetune_process import FinetuneCrashed, FinetuneFailed, FinetuneProcess
 from ..engine.images import to_gray
 from ..engine.model_sources import CHECKPOINT, DEMO
+from ..engine.progress import EPOCHS, EventBar
 from ._layers import NOTE_KEY, SOURCE_KEY, image_array
 
 if TYPE_CHECKING:
@@ -240,8 +241,15 @@ class FineTuneWidget(Container):
             return result
 
         bar = progress(total=0, desc="Fine-tuning: starting")
+
+        def reuse_bar(total: int, desc: str) -> Any:
+            bar.total = total
+            bar.set_description(desc)
+            return bar
+
+        feed = EventBar(reuse_bar, EPOCHS, "Fine-tuning")
         self.worker = worker = relay()
-        worker.yielded.connect(lambda event: self._on_event(event, bar))
+        worker.yielded.connect(lambda event: self._on_event(event, feed))
         worker.returned.connect(self._on_done)
         worker.errored.connect(self._on_error)
         worker.finished.connect(lambda: self._finished(bar))
@@ -255,23 +263,15 @@ class FineTuneWidget(Container):
             self.process.cancel()
         self.status.value = "Cancelling after the current step…"
 
-    def _on_event(self, event: dict[str, Any], bar: Any) -> None:
+    def _on_event(self, event: dict[str, Any], feed: EventBar) -> None:
+        line = feed.feed(event)
         kind = event.get("kind")
         if kind == "plan":
-            bar.total = max(int(event.get("epochs") or 0), 1)
-            bar.set_description("Fine-tuning")
             self.status.value = f"Plan: {event.get('message')}"
         elif kind in ("prepare", "baseline") and event.get("message"):
             self.status.value = event["message"]
-        elif kind == "step":
-            bar.set_description(f"Fine-tuning epoch {event['epoch']}: L_c {event['loss_c']:.3f}, "
-                                f"L_s {event['loss_s']:.3f}")
-        elif kind == "epoch":
-            val = event.get("val") or {}
-            dice = (val.get("per_image") or {}).get("dice")
-            bar.update(1)
-            text = f"epoch {event['epoch']}/{event['epochs']}: L_c {event['loss_c']:.3f}, L_s {event['loss_s']:.3f}"
-            self.status.value = text + (f", val Dice {dice:.3f}" if dice is not None else "")
+        elif line:
+            self.status.value = line
 
     def _on_done(self, result: dict[str, Any] | None) -> None:
         self.last_result = result

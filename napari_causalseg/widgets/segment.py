@@ -37,6 +37,7 @@ from ..engine.model_sources import (
     open_segmenter,
 )
 from ..engine.notes import SIDES, ZONES, make_note
+from ..engine.progress import RUN_STEPS, EventBar
 from ..engine.segmenter import SegmenterConfig
 from ._layers import (
     LESION_SUFFIX,
@@ -208,18 +209,12 @@ class SegmentWidget(Container):
     def _progress_handler(self):
         """Callback for the first-use demo training: called from the worker thread,
         delivered on the main thread, shown as a napari progress bar."""
-        bar: dict[str, Any] = {}
+        bar = EventBar(lambda total, desc: progress(total=total, desc=desc), RUN_STEPS,
+                       "Training the demo model in the background (first use only)")
 
         @ensure_main_thread
         def on_event(event: dict[str, Any]) -> None:  # from the child process (finetune_process)
-            kind = event.get("kind")
-            if kind == "step":
-                if "bar" not in bar:
-                    bar["bar"] = progress(total=event["steps"] * event["epochs"],
-                                          desc="Training the demo model in the background (first use only)")
-                bar["bar"].update(1)
-            elif kind == "done" and "bar" in bar:
-                bar.pop("bar").close()
+            bar.feed(event)
 
         return on_event
 
