@@ -46,8 +46,6 @@ def _threshold(text: str) -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .engine.images.export import FORMATS
-
     p = argparse.ArgumentParser(
         prog="causalseg",
         description="Text-guided lesion segmentation of chest X-rays (CausalCLIPSeg).",
@@ -117,6 +115,26 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--out", type=Path, default=None, help="also write the report here")
 
+    _add_segment_parser(sub)
+
+    i = sub.add_parser("info", help="configuration, parameter count and provenance, as JSON")
+    grp = i.add_mutually_exclusive_group()
+    grp.add_argument("--model", default=None, help="a configuration name (tiny, rn101)")
+    grp.add_argument("--checkpoint", type=Path, default=None)
+    return p
+
+
+def _output_format(text: str) -> str:
+    """argparse type for --format (checked here so --help does not import the engine)."""
+    from .engine.images.export import check_format
+
+    try:
+        return check_format(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_segment_parser(sub) -> None:
     g = sub.add_parser("segment", help="segment images from their notes; writes mask and confounder map")
     g.add_argument("images", nargs="+", type=Path,
                    help="image files and folders (a folder: every PNG, JPEG, TIFF or DICOM file in it)")
@@ -125,9 +143,9 @@ def _parser() -> argparse.ArgumentParser:
                    "area, lower right lung.'")
     g.add_argument("--notes", type=Path, default=None, metavar="CSV",
                    help="per-image notes: a CSV with the columns image (file name or path) and note")
-    g.add_argument("--format", default="png", choices=FORMATS,
-                   help="output format (default png); dicom-seg needs DICOM inputs and writes SEG "
-                        "objects that reference them; tiff and nifti keep the pixel spacing")
+    g.add_argument("--format", default="png", type=_output_format,
+                   help="png (default), tiff, nifti or dicom-seg; dicom-seg needs DICOM inputs and "
+                        "writes SEG objects that reference them; tiff and nifti keep the pixel spacing")
     g.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: keep them and skip images already done)")
     g.add_argument("--checkpoint", type=Path, default=None, help="default: the bundled demo model")
@@ -135,12 +153,6 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--threshold", type=_threshold, default=0.5,
                    help="lesion probability at or above which a pixel is in the mask (0-1, default 0.5)")
     g.add_argument("--device", default="auto")
-
-    i = sub.add_parser("info", help="configuration, parameter count and provenance, as JSON")
-    grp = i.add_mutually_exclusive_group()
-    grp.add_argument("--model", default=None, help="a configuration name (tiny, rn101)")
-    grp.add_argument("--checkpoint", type=Path, default=None)
-    return p
 
 
 # commands ---------------------------------------------------------------------

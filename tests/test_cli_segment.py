@@ -221,3 +221,10 @@ def test_one_unreadable_image_does_not_stop_the_batch(capsys, tmp_path, folder, 
     assert (tmp_path / "o" / "b_lesion.png").is_file() and not (tmp_path / "o" / "c_lesion.png").exists()
     assert err.strip().splitlines()[-1].startswith("causalseg segment: error: 1 of 4 image(s) failed")
     assert "c.png" in err and "Traceback" not in err
+
+
+def test_unknown_format_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["segment", "a.png", "--note", NOTE_A, "--out", "o", "--format", "jpeg"])
+    assert info.value.code == 2
+    assert "unknown output format 'jpeg'; choose one of png, tiff, nifti, dicom-seg" in capsys.readouterr().err

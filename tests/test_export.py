@@ -251,3 +251,35 @@ def test_napari_writer_dicom_seg_without_source_is_a_clear_error(tmp_path):
         _writer.write_labels(str(tmp_path / "m.dcm"), _mask(), {"name": "x", "metadata": {}})
     with pytest.raises(ValueError, match="cannot tell the output format"):
         _writer.write_labels(str(tmp_path / "m.jpg"), _mask(), {"name": "x"})
+
+
+def test_napari_lesion_layer_saves_as_dicom_seg_with_its_history(tmp_path, source):
+    """The real path in napari: reader -> Segment's layers -> Save (no Qt needed)."""
+    pytest.importorskip("napari")
+    from napari.components import ViewerModel
+    from napari.layers import Layer
+
+    from napari_causalseg._reader import napari_get_reader
+    from napari_causalseg.engine.segmenter import SegmentationResult
+    from napari_causalseg.widgets._layers import show_result
+
+    viewer = ViewerModel()
+    ((data, kwargs, kind),) = napari_get_reader(str(source))(str(source))
+    image = viewer.add_layer(Layer.create(data, kwargs, kind))
+    result = SegmentationResult(mask=_mask(), probability=_mask().astype(np.float32),
+                                confounder=_probability(), note=NOTE, threshold=0.5)
+    labels, _, _ = show_result(viewer, image, result, "demo model")
+    assert tuple(labels.scale) == pytest.approx(SPACING)
+
+    (saved,) = _writer.write_labels(str(tmp_path / "auto.dcm"), *labels.as_layer_data_tuple()[:2])
+    back, seg = read_dicom_seg(saved)
+    np.testing.assert_array_equal(back, _mask())
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    assert _referenced(seg)[1] == pydicom.dcmread(source).SOPInstanceUID
+
+    labels.data[0, 0] = 1  # the user paints one pixel
+    (saved,) = _writer.write_labels(str(tmp_path / "edited.dcm"), *labels.as_layer_data_tuple()[:2])
+    back, seg = read_dicom_seg(saved)
+    assert back[0, 0] == 1 and seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    (nii,) = _writer.write_labels(str(tmp_path / "edited.nii.gz"), *labels.as_layer_data_tuple()[:2])
+    assert read_nifti(nii).spacing == pytest.approx(SPACING, rel=1e-6)
