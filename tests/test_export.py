@@ -206,7 +206,26 @@ def test_dicom_seg_errors(tmp_path, source):
         write_dicom_seg(tmp_path / "s.dcm", np.zeros((20, 30), np.uint8), source)
     with pytest.raises(ValueError, match="needs the source DICOM"):
         write_lesion(tmp_path / "s.dcm", _mask(), ExportOptions(fmt="dicom-seg"))
+    ds = pydicom.dcmread(source)
+    del ds.StudyInstanceUID
+    with pytest.raises(ValueError, match="lacks StudyInstanceUID, which a SEG needs to reference it"):
+        write_dicom_seg(tmp_path / "s.dcm", _mask(), ds)
+    ds = pydicom.dcmread(source)
+    ds.NumberOfFrames = 3
+    with pytest.raises(ValueError, match="single-frame source images; this one has 3 frames"):
+        write_dicom_seg(tmp_path / "s.dcm", _mask(), ds)
     assert not (tmp_path / "s.dcm").exists()
+
+
+def test_dicom_seg_of_sources_without_pixel_spacing_or_preamble(tmp_path):
+    mask = _mask()
+    detector_only = make_dicom(tmp_path / "dx.dcm", np.zeros((30, 20), np.uint16), spacing=None,
+                               imager_spacing=(0.15, 0.15))
+    bare = make_dicom(tmp_path / "old.dcm", np.zeros((30, 20), np.uint16), preamble=False)
+    for src in (detector_only, bare):
+        back, seg = read_dicom_seg(write_dicom_seg(tmp_path / f"seg-{src.name}", mask, src))
+        np.testing.assert_array_equal(back, mask)
+        assert _referenced(seg)[1] == pydicom.dcmread(src, force=True).SOPInstanceUID
 
 
 # --------------------------------------------------------------- napari writer

@@ -29,10 +29,12 @@ import numpy as np
 from ..atomic import atomic_write
 from .extras import optional_module
 from .masks import probability_array
+from .sniff import sniff_format
 
 ALGORITHM_NAME = "napari-causalseg CausalCLIPSeg"
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 KINDS = ("lesion", "confounders")
+_REFERENCED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns")
 _LO_MAX = 64
 _ST_MAX = 1024
 
@@ -62,18 +64,30 @@ def read_source(source: str | os.PathLike | Any):
     import pydicom
 
     if isinstance(source, pydicom.Dataset):
-        return source
-    p = Path(source)
-    try:
-        ds = pydicom.dcmread(p, stop_before_pixels=True)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a DICOM source"
-        raise ValueError(f"DICOM SEG needs a DICOM source image; {p} is not one ({exc}): "
-                         "write NIfTI or TIFF instead") from exc
+        p, ds = Path(getattr(source, "filename", None) or "source"), source
+    else:
+        p, ds = Path(source), _read_header(Path(source))
+    missing = [key for key in _REFERENCED if not ds.get(key)]
+    if missing:
+        raise ValueError(f"{p}: the source DICOM lacks {', '.join(missing)}, which a SEG needs to "
+                         "reference it; write NIfTI or TIFF instead")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ValueError(f"{p}: DICOM SEG export supports single-frame source images; this one has "
                          f"{frames} frames; write NIfTI or TIFF instead")
     return ds
+
+
+def _read_header(p: Path):
+    import pydicom
+
+    if sniff_format(p) != "dicom":
+        raise ValueError(f"DICOM SEG needs a DICOM source image; {p} is not DICOM: "
+                         "write NIfTI or TIFF instead")
+    try:  # force: preamble-less files, which the sniffer only accepts with a DICOM name
+        return pydicom.dcmread(p, stop_before_pixels=True, force=True)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not a usable DICOM source"
+        raise ValueError(f"{p}: cannot read the DICOM source image: {exc}") from exc
 
 
 def write_dicom_seg(path: str | os.PathLike, array: np.ndarray, source: Any, kind: str = "lesion",
