@@ -76,6 +76,7 @@ def _csv(path, rows, header=("image", "note")):
 
 
 def test_folder_with_csv_notes_nifti_skip_and_overwrite(capsys, tmp_path, folder, checkpoint):
+    pytest.importorskip("nibabel")
     notes = _csv(tmp_path / "notes.csv", [("a.png", NOTE_A), ("xrays/b.tif", NOTE_B),
                                           ("1.2.826.0.1.42", NOTE_A), ("gone.png", NOTE_B)])
     out = tmp_path / "out"
@@ -228,3 +229,13 @@ def test_unknown_format_is_a_usage_error(capsys):
         main(["segment", "a.png", "--note", NOTE_A, "--out", "o", "--format", "jpeg"])
     assert info.value.code == 2
     assert "unknown output format 'jpeg'; choose one of png, tiff, nifti, dicom-seg" in capsys.readouterr().err
+
+
+def test_missing_extra_is_one_line_naming_it(capsys, monkeypatch, tmp_path, folder):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # as if the formats extra were not installed
+    rc, _, err = run(capsys, "segment", str(folder / "1.2.826.0.1.42"), "--note", NOTE_A, "--format",
+                     "dicom-seg", "--out", str(tmp_path / "o"))
+    one_line_error(rc, err, "DICOM SEG output needs highdicom, which is not installed: "
+                            "pip install 'napari-causalseg[formats]'")

@@ -31,8 +31,16 @@ from napari_causalseg.engine.images.nifti import read_nifti
 
 from .dicom_files import make_dicom
 
-hd = pytest.importorskip("highdicom")
-nib = pytest.importorskip("nibabel")
+
+@pytest.fixture
+def hd():
+    """highdicom (the formats extra); PNG/TIFF tests run without it."""
+    return pytest.importorskip("highdicom")
+
+
+@pytest.fixture
+def nib():
+    return pytest.importorskip("nibabel")
 
 SPACING = (0.139, 0.143)  # (row, column) mm, deliberately unequal
 NOTE = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
@@ -60,7 +68,7 @@ def source(tmp_path):
 
 @pytest.mark.parametrize(("fmt", "name"), [("png", "m.png"), ("tiff", "m.tif"),
                                            ("nifti", "m.nii.gz"), ("nifti", "m.nii")])
-def test_lesion_mask_round_trip_is_exact_and_keeps_spacing(tmp_path, fmt, name):
+def test_lesion_mask_round_trip_is_exact_and_keeps_spacing(tmp_path, fmt, name, nib):
     mask = _mask()
     out = write_lesion(tmp_path / name, mask, ExportOptions(fmt=fmt, spacing=SPACING))
     assert format_of(out) == fmt
@@ -81,7 +89,7 @@ def test_lesion_mask_round_trip_is_exact_and_keeps_spacing(tmp_path, fmt, name):
         assert back.spacing == pytest.approx(SPACING, rel=1e-6)
 
 
-def test_confounder_map_formats(tmp_path):
+def test_confounder_map_formats(tmp_path, nib):
     prob = _probability()
     options = ExportOptions(fmt="tiff", spacing=SPACING)
     tif = write_confounders(tmp_path / "c.tif", prob, options)
@@ -107,7 +115,7 @@ def test_tiff_spacing_is_read_only_from_centimetre_resolution(tmp_path):
     assert read_image(tmp_path / "cm.tif").spacing == pytest.approx((0.1, 0.2))
 
 
-def test_no_overwrite_keeps_the_existing_file(tmp_path):
+def test_no_overwrite_keeps_the_existing_file(tmp_path, nib):
     target = tmp_path / "corrected.nii.gz"
     write_lesion(target, _mask(), ExportOptions(fmt="nifti"))
     before = target.read_bytes()
@@ -135,7 +143,7 @@ def _referenced(seg):
     return series.SeriesInstanceUID, series.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
 
 
-def test_dicom_seg_lesion_is_binary_exact_and_references_the_source(tmp_path, source):
+def test_dicom_seg_lesion_is_binary_exact_and_references_the_source(tmp_path, source, hd):
     src = pydicom.dcmread(source)
     mask = _mask()
     info = SegInfo(note=NOTE, model="demo.safetensors", threshold=0.5)
@@ -168,7 +176,7 @@ def test_dicom_seg_lesion_is_binary_exact_and_references_the_source(tmp_path, so
     np.testing.assert_array_equal(back, mask)
 
 
-def test_dicom_seg_algorithm_type_follows_edits(tmp_path, source):
+def test_dicom_seg_algorithm_type_follows_edits(tmp_path, source, hd):
     mask = _mask()
     for kind, expected in (("SEMIAUTOMATIC", "SEMIAUTOMATIC"), ("MANUAL", "MANUAL")):
         out = write_dicom_seg(tmp_path / f"{kind}.dcm", mask, source, "lesion",
@@ -180,7 +188,7 @@ def test_dicom_seg_algorithm_type_follows_edits(tmp_path, source):
         SegInfo(algorithm_type="automatic-ish")
 
 
-def test_dicom_seg_confounders_are_fractional_probability(tmp_path, source):
+def test_dicom_seg_confounders_are_fractional_probability(tmp_path, source, hd):
     src = pydicom.dcmread(source)
     prob = _probability()
     out = write_confounders(tmp_path / "conf.dcm", prob,
@@ -195,7 +203,7 @@ def test_dicom_seg_confounders_are_fractional_probability(tmp_path, source):
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
 
 
-def test_dicom_seg_errors(tmp_path, source):
+def test_dicom_seg_errors(tmp_path, source, hd):
     png = tmp_path / "x.png"
     Image.fromarray(np.zeros((30, 20), np.uint8)).save(png)
     with pytest.raises(ValueError, match="DICOM SEG needs a DICOM source image.*--format nifti or tiff"):
@@ -217,7 +225,7 @@ def test_dicom_seg_errors(tmp_path, source):
     assert not (tmp_path / "s.dcm").exists()
 
 
-def test_dicom_seg_of_sources_without_pixel_spacing_or_preamble(tmp_path):
+def test_dicom_seg_of_sources_without_pixel_spacing_or_preamble(tmp_path, hd):
     mask = _mask()
     detector_only = make_dicom(tmp_path / "dx.dcm", np.zeros((30, 20), np.uint16), spacing=None,
                                imager_spacing=(0.15, 0.15))
@@ -238,7 +246,7 @@ def _layer_meta(source, mask, **extra):
                                       "source_path": str(source)}, **extra}}
 
 
-def test_napari_writer_nifti_and_dicom_seg(tmp_path, source):
+def test_napari_writer_nifti_and_dicom_seg(tmp_path, source, nib, hd):
     mask = _mask()
     meta = _layer_meta(source, mask)
     (nii,) = _writer.write_labels(str(tmp_path / "m.nii.gz"), mask, meta)
@@ -272,7 +280,7 @@ def test_napari_writer_dicom_seg_without_source_is_a_clear_error(tmp_path):
         _writer.write_labels(str(tmp_path / "m.jpg"), _mask(), {"name": "x"})
 
 
-def test_napari_lesion_layer_saves_as_dicom_seg_with_its_history(tmp_path, source):
+def test_napari_lesion_layer_saves_as_dicom_seg_with_its_history(tmp_path, source, nib, hd):
     """The real path in napari: reader -> Segment's layers -> Save (no Qt needed)."""
     pytest.importorskip("napari")
     from napari.components import ViewerModel
