@@ -9,6 +9,7 @@ or `causalseg train DATA --out RUN --nproc 2`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -114,20 +115,44 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--out", type=Path, default=None, help="also write the report here")
 
-    g = sub.add_parser("segment", help="segment images from a note; writes mask and confounder map")
-    g.add_argument("images", nargs="+", type=Path)
-    g.add_argument("--note", required=True, help="the radiology note, e.g. 'Unilateral pulmonary infection, one infected area, lower right lung.'")
-    g.add_argument("--checkpoint", type=Path, default=None, help="default: the bundled demo model")
-    g.add_argument("--out", type=Path, required=True, help="output folder")
-    g.add_argument("--threshold", type=_threshold, default=0.5,
-                   help="lesion probability at or above which a pixel is in the mask (0-1, default 0.5)")
-    g.add_argument("--device", default="auto")
+    _add_segment_parser(sub)
 
     i = sub.add_parser("info", help="configuration, parameter count and provenance, as JSON")
     grp = i.add_mutually_exclusive_group()
     grp.add_argument("--model", default=None, help="a configuration name (tiny, rn101)")
     grp.add_argument("--checkpoint", type=Path, default=None)
     return p
+
+
+def _output_format(text: str) -> str:
+    """argparse type for --format (checked here so --help does not import the engine)."""
+    from .engine.images.export import check_format
+
+    try:
+        return check_format(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_segment_parser(sub) -> None:
+    g = sub.add_parser("segment", help="segment images from their notes; writes mask and confounder map")
+    g.add_argument("images", nargs="+", type=Path,
+                   help="image files and folders (a folder: every PNG, JPEG, TIFF or DICOM file in it)")
+    g.add_argument("--note", default=None, help="the radiology note for every image (with --notes: for "
+                   "images the CSV does not list), e.g. 'Unilateral pulmonary infection, one infected "
+                   "area, lower right lung.'")
+    g.add_argument("--notes", type=Path, default=None, metavar="CSV",
+                   help="per-image notes: a CSV with the columns image (file name or path) and note")
+    g.add_argument("--format", default="png", type=_output_format,
+                   help="png (default), tiff, nifti or dicom-seg; dicom-seg needs DICOM inputs and "
+                        "writes SEG objects that reference them; tiff and nifti keep the pixel spacing")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (default: keep them and skip images already done)")
+    g.add_argument("--checkpoint", type=Path, default=None, help="default: the bundled demo model")
+    g.add_argument("--out", type=Path, required=True, help="output folder")
+    g.add_argument("--threshold", type=_threshold, default=0.5,
+                   help="lesion probability at or above which a pixel is in the mask (0-1, default 0.5)")
+    g.add_argument("--device", default="auto")
 
 
 # commands ---------------------------------------------------------------------
@@ -325,30 +350,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    import numpy as np
+    from tqdm import tqdm
 
-    from .engine.images import read_image, write_mask
+    from .engine.batch import BatchConfig, plan_batch, run_batch
 
-    missing = [str(p) for p in args.images if not p.is_file()]
-    if missing:
-        raise CLIError(f"image not found: {', '.join(missing)}")
-    segmenter, path = _segmenter(args.checkpoint, args.device, args.threshold)
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for image_path in args.images:
-        read = read_image(image_path)
-        for text in read.metadata.get("notes", []):  # e.g. pages of a stack left out
-            print(f"causalseg segment: note: {image_path}: {text}", file=sys.stderr)
-        result = segmenter.segment(read.data, args.note)
-        stem = image_path.stem
-        mask_path = args.out / f"{stem}_lesion.png"
-        conf_path = args.out / f"{stem}_confounders.png"
-        write_mask(mask_path, result.mask.astype(np.uint8) * 255)
-        write_mask(conf_path, np.round(result.confounder * 255).astype(np.uint8))
-        results.append({"image": str(image_path), "mask": str(mask_path), "confounders": str(conf_path),
-                        "lesion_fraction": float(result.mask.mean()), "shape": list(result.mask.shape),
-                        "read_notes": list(read.metadata.get("notes", []))})
-    print(json.dumps({"checkpoint": str(path), "note": result.note, "results": results}, indent=2))
+    config = BatchConfig(out_dir=args.out, fmt=args.format, overwrite=args.overwrite,
+                         default_note=args.note, notes_csv=args.notes)
+    plan = plan_batch(args.images, config)  # every input problem is found before the model loads
+    for row in plan.unused_notes:
+        print(f"causalseg segment: note: {args.notes} {row} matches no image", file=sys.stderr)
+    segmenter, path = None, args.checkpoint
+    if plan.pending(args.overwrite):  # a finished batch reruns without loading (or training) a model
+        segmenter, path = _segmenter(args.checkpoint, args.device, args.threshold)
+        config = dataclasses.replace(config, model=Path(path).name if path else None)
+    results, failures = [], []
+    with tqdm(total=len(plan.items), desc="segment", unit="image", file=sys.stderr) as bar:
+        for outcome in run_batch(segmenter, plan, config, on_progress=lambda *_: bar.update(1)):
+            item, read, result = outcome.item, outcome.loaded, outcome.result
+            if outcome.error is not None or outcome.skipped:
+                if outcome.error is not None:
+                    failures.append(outcome.error)
+                    tqdm.write(f"causalseg segment: error: {outcome.error}", file=sys.stderr)
+                results.append({"image": str(item.image), "mask": str(item.mask_path),
+                                "confounders": str(item.confounder_path), "skipped": outcome.skipped,
+                                "error": outcome.error})
+                continue
+            for text in read.metadata.get("notes", []):  # e.g. pages of a stack left out
+                tqdm.write(f"causalseg segment: note: {item.image}: {text}", file=sys.stderr)
+            results.append({"image": str(item.image), "mask": str(item.mask_path),
+                            "confounders": str(item.confounder_path),
+                            "lesion_fraction": float(result.mask.mean()), "shape": list(result.mask.shape),
+                            "read_notes": list(read.metadata.get("notes", [])), "note": item.note,
+                            "kept": [str(p) for p in outcome.kept]})
+    print(json.dumps({"checkpoint": str(path) if path else None, "format": args.format, "note": args.note,
+                      "results": results}, indent=2))
+    if failures:
+        raise CLIError(f"{len(failures)} of {len(plan.items)} image(s) failed; the first: {failures[0]}")
     return 0
 
 

@@ -500,7 +500,7 @@ def test_store_round_trip(tmp_path):
     np.testing.assert_array_equal(load_image(c8.image_path), _image(1))
     np.testing.assert_array_equal(load_image(c16.image_path), _image(2, np.uint16) * 1000)
     np.testing.assert_array_equal(load_image(cf.image_path), _image(3, np.float32) / 7)
-    assert set(np.unique(np.asarray(Image.open(c8.mask_path))).tolist()) == {0, 255}
+    assert set(np.unique(np.asarray(Image.open(c8.mask_path))).tolist()) == {0, 1}  # one convention
     np.testing.assert_array_equal(load_mask(c8.mask_path), _mask(1))
     assert store.meta("a") == {"by": "me", "split": "val"}
     assert store.meta("b") == {"split": "train"}  # decided when added

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 
+from .._layer_meta import MASK_HASH_KEY, NOTE_KEY, SOURCE_KEY, edited, mask_hash
 from ..engine.segmenter import threshold_mask
 
 LESION_SUFFIX = " lesion"
 CONFOUNDER_SUFFIX = " confounders"
-NOTE_KEY = "note"  # image layer metadata: the note shown to the user (sample data sets it)
-MASK_HASH_KEY = "causalseg_mask_hash"  # what we last wrote, to tell user edits apart
-SOURCE_KEY = "causalseg_source"  # lesion layer: image layer name, note, model
 
 
 def image_array(layer: Any) -> np.ndarray:
@@ -33,23 +30,22 @@ def image_array(layer: Any) -> np.ndarray:
     return data
 
 
-def mask_hash(mask: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(mask).data, digest_size=16).hexdigest()
-
-
 def user_edited(labels_layer: Any) -> bool:
     """True when the Labels data no longer equals what the plugin last wrote."""
-    written = labels_layer.metadata.get(MASK_HASH_KEY)
-    return written is None or written != mask_hash(np.asarray(labels_layer.data))
+    return edited(labels_layer.metadata, labels_layer.data)
 
 
 def geometry(image_layer: Any) -> dict[str, Any]:
-    """Scale and translate of the image's 2 spatial axes, for the output layers."""
+    """Scale, translate and (napari >= 0.6) units of the image's 2 spatial axes, for the
+    output layers; the units tell the writer whether the scale is a spacing in mm."""
     n = 2
-    return {
+    geo = {
         "scale": tuple(image_layer.scale[-n:]),
         "translate": tuple(image_layer.translate[-n:]),
     }
+    if getattr(image_layer, "units", None) is not None:
+        geo["units"] = tuple(image_layer.units[-n:])
+    return geo
 
 
 def find_layer(viewer: Any, name: str) -> Any | None:
@@ -75,7 +71,8 @@ def show_result(viewer: Any, image_layer: Any, result: Any, model_label: str) ->
     """
     geo = geometry(image_layer)
     source = {"image": image_layer.name, "note": result.note, "model": model_label,
-              "threshold": result.threshold}
+              "threshold": result.threshold,
+              "source_path": image_layer.metadata.get("source_path")}  # a DICOM SEG refers to it
     mask = result.mask.astype(np.uint8)
     name = image_layer.name + LESION_SUFFIX
     labels = find_layer(viewer, name)
@@ -84,7 +81,7 @@ def show_result(viewer: Any, image_layer: Any, result: Any, model_label: str) ->
         labels = viewer.add_labels(mask, name=_free_name(viewer, name), **geo)
     else:
         labels.data = mask
-        labels.scale, labels.translate = geo["scale"], geo["translate"]
+        _set_geometry(labels, geo)
     labels.metadata[MASK_HASH_KEY] = mask_hash(mask)
     labels.metadata[SOURCE_KEY] = source
     labels.metadata[NOTE_KEY] = result.note
@@ -93,7 +90,7 @@ def show_result(viewer: Any, image_layer: Any, result: Any, model_label: str) ->
     if conf_name in viewer.layers:
         confounders = viewer.layers[conf_name]
         confounders.data = result.confounder
-        confounders.scale, confounders.translate = geo["scale"], geo["translate"]
+        _set_geometry(confounders, geo)
     else:
         confounders = viewer.add_image(
             result.confounder, name=conf_name, colormap="inferno", opacity=0.5,
@@ -101,6 +98,11 @@ def show_result(viewer: Any, image_layer: Any, result: Any, model_label: str) ->
         )
     confounders.metadata[SOURCE_KEY] = source
     return labels, confounders, protected
+
+
+def _set_geometry(layer: Any, geo: dict[str, Any]) -> None:
+    for key, value in geo.items():
+        setattr(layer, key, value)
 
 
 def rethreshold(labels_layer: Any, probability: np.ndarray, threshold: float) -> bool:

@@ -765,7 +765,7 @@ def _next_split(splits: dict[str, str]) -> str:
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
-    data = np.where(mask > 0, 255, 0).astype(np.uint8)
+    data = (np.asarray(mask) > 0).astype(np.uint8)  # 0/1, the package's convention (images.masks)
     _fsync_write(path, lambda f: Image.fromarray(data).save(f, format="PNG"))
 
 

@@ -1,9 +1,18 @@
-"""Label masks on disk: written atomically, read back as labels or as a lesion mask.
+"""Masks and probability maps on disk: written atomically, read back tolerantly.
 
-Convention: label values are written as they are (0 background, 1..N labels) in the
-smallest unsigned type that holds them, so a napari Labels layer reloads unchanged.
-Reading a lesion mask, any value above 0 in any colour channel is lesion (QaTa-COV19
-stores 0/255), and an alpha channel is ignored.
+The one mask convention of this package (CLI, napari writer, annotation folder, NIfTI,
+DICOM SEG): **0 is background, 1 is lesion**, stored as unsigned integers, the values a
+napari Labels layer holds. Labels are written as they are (0, 1..N) in the smallest
+unsigned type that holds them, so a Labels layer reloads unchanged. A 0/1 PNG looks
+black in an ordinary image viewer; open it in napari (or stretch the contrast). Only
+data sets written in QaTa-COV19's own layout (``causalseg synth``) keep QaTa's 0/255.
+Reading a lesion mask, any value above 0 in any colour channel is lesion (so 0/255
+masks read the same), and an alpha channel is ignored.
+
+The confounder map is a probability in [0, 1], not a label image, and has its own
+writer: float32 TIFF (exact), or 8-bit PNG holding ``round(p * 255)`` (to 1/510).
+TIFF files carry the pixel spacing as resolution tags in pixels per centimetre
+(XResolution for columns, YResolution for rows), which ImageJ/Fiji and GDAL read.
 """
 
 from __future__ import annotations
@@ -20,13 +29,72 @@ from .read import read_image
 MASK_EXTENSIONS = (".png", ".tif", ".tiff")
 
 
-def write_mask(path: str | os.PathLike, mask: np.ndarray) -> str:
+Spacing = tuple[float, float] | None  # (row, column) in mm
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray, spacing: Spacing = None,
+               overwrite: bool = True) -> str:
     """Write a label mask as PNG or TIFF (chosen by extension), atomically; returns the path.
 
-    A {0, 1} mask therefore looks black in an ordinary image viewer. The file is written
-    to a temporary name in the same directory and moved into place with ``os.replace``,
-    so a crash never leaves a half-written file and never damages an existing one.
+    The file is written to a temporary name in the same directory and moved into place,
+    so a crash never leaves a half-written file and never damages an existing one;
+    ``overwrite=False`` refuses to replace an existing file. ``spacing`` (mm) goes into
+    TIFF resolution tags; PNG does not keep it.
     """
+    p, ext = _checked_target(path)
+    arr = label_array(p, mask, ext)
+    spacing = check_spacing(spacing)
+
+    def encode(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            _encode_mask(fh, arr, ext, spacing)
+
+    atomic_write(p, encode, overwrite)
+    return str(p)
+
+
+def write_probability(path: str | os.PathLike, probability: np.ndarray, spacing: Spacing = None,
+                      overwrite: bool = True) -> str:
+    """Write a probability map in [0, 1]: float32 TIFF, or PNG as ``round(p * 255)``."""
+    p, ext = _checked_target(path)
+    prob = probability_array(p, probability)
+    arr = prob if ext != ".png" else np.rint(prob * 255).astype(np.uint8)
+    spacing = check_spacing(spacing)
+
+    def encode(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            _encode_mask(fh, arr, ext, spacing)
+
+    atomic_write(p, encode, overwrite)
+    return str(p)
+
+
+def probability_array(p: object, probability: np.ndarray) -> np.ndarray:
+    """A 2-D float32 array of finite values in [0, 1], or a ValueError naming `p`."""
+    arr = np.asarray(probability)
+    if arr.ndim != 2 or arr.size == 0 or arr.dtype.kind not in "fiub":
+        raise ValueError(f"{p}: a probability map must be a non-empty 2-D numeric array, "
+                         f"got shape {arr.shape} and dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+        raise ValueError(f"{p}: a probability map must hold finite values in [0, 1]")
+    return np.ascontiguousarray(arr)
+
+
+def check_spacing(spacing: Spacing) -> Spacing:
+    """(row, column) mm as two positive finite floats, or None."""
+    if spacing is None:
+        return None
+    try:
+        row, col = (float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"pixel spacing must be (row, column) in mm, got {spacing!r}") from None
+    if not (np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0):
+        raise ValueError(f"pixel spacing must be positive and finite, got {spacing!r}")
+    return (row, col)
+
+
+def _checked_target(path: str | os.PathLike) -> tuple[Path, str]:
     p = Path(path)
     ext = p.suffix.lower()
     if ext not in MASK_EXTENSIONS:
@@ -34,17 +102,10 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> str:
             f"{p}: cannot write a mask with extension {ext or '(none)'!r}; "
             f"supported: {', '.join(MASK_EXTENSIONS)}"
         )
-    arr = _mask_array(p, mask, ext)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"{p}: directory {parent} does not exist")
-
-    def encode(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            _encode_mask(fh, arr, ext)
-
-    atomic_write(p, encode)
-    return str(p)
+    return p, ext
 
 
 def read_lesion_mask(path: str | os.PathLike, limits: ReadLimits | None = None) -> np.ndarray:
@@ -58,7 +119,8 @@ def read_lesion_mask(path: str | os.PathLike, limits: ReadLimits | None = None) 
     return arr > 0
 
 
-def _mask_array(p: Path, mask, ext: str) -> np.ndarray:
+def label_array(p: Path, mask, ext: str) -> np.ndarray:
+    """Integer labels >= 0 in the smallest unsigned type `ext` can hold, or a ValueError."""
     arr = np.asarray(mask)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
@@ -88,7 +150,7 @@ def _mask_array(p: Path, mask, ext: str) -> np.ndarray:
     )
 
 
-def _encode_mask(fh, arr: np.ndarray, ext: str) -> None:
+def _encode_mask(fh, arr: np.ndarray, ext: str, spacing: Spacing = None) -> None:
     if ext == ".png":
         from PIL import Image
 
@@ -96,4 +158,8 @@ def _encode_mask(fh, arr: np.ndarray, ext: str) -> None:
     else:
         import tifffile
 
-        tifffile.imwrite(fh, arr, photometric="minisblack", compression="zlib")
+        resolution = {}
+        if spacing is not None:  # pixels per cm: XResolution is along columns
+            resolution = {"resolution": (10.0 / spacing[1], 10.0 / spacing[0]),
+                          "resolutionunit": "CENTIMETER"}
+        tifffile.imwrite(fh, arr, photometric="minisblack", compression="zlib", **resolution)

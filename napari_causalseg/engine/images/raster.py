@@ -112,6 +112,7 @@ def read_tiff(p: Path, limits: ReadLimits) -> LoadedImage:
             photometric = page.photometric
             meta["photometric"] = getattr(photometric, "name", str(photometric))
             meta["bits_per_sample"] = int(page.bitspersample)
+            spacing = _tiff_spacing(page)
     except (ValueError, ImportError, NotImplementedError) as exc:
         if isinstance(exc, ImageReadError):
             raise
@@ -134,7 +135,23 @@ def read_tiff(p: Path, limits: ReadLimits) -> LoadedImage:
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE and data.ndim == 2:
         data = _invert_miniswhite(data, int(page.bitspersample))
         meta["inverted"] = True
-    return LoadedImage(data, None, meta)
+    return LoadedImage(data, spacing, meta)
+
+
+def _tiff_spacing(page) -> tuple[float, float] | None:
+    """(row, column) mm from resolution tags in centimetres; inch resolutions are
+    nearly always a default dpi, not a measurement, and give None."""
+    import tifffile
+
+    if page.resolutionunit != tifffile.RESUNIT.CENTIMETER:
+        return None
+    try:
+        x_res, y_res = (float(v) for v in page.resolution)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not (math.isfinite(x_res) and math.isfinite(y_res) and x_res > 0 and y_res > 0):
+        return None
+    return (10.0 / y_res, 10.0 / x_res)
 
 
 def _check_page(p: Path, page, limits: ReadLimits, n_pages: int) -> None:
