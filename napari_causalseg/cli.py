@@ -347,6 +347,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .engine.agreement import agreement_report
     from .engine.images import read_image, write_mask
 
     missing = [str(p) for p in args.images if not p.is_file()]
@@ -367,7 +368,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         write_mask(conf_path, np.round(result.confounder * 255).astype(np.uint8))
         results.append({"image": str(image_path), "mask": str(mask_path), "confounders": str(conf_path),
                         "lesion_fraction": float(result.mask.mean()), "shape": list(result.mask.shape),
-                        "read_notes": list(read.metadata.get("notes", []))})
+                        "read_notes": list(read.metadata.get("notes", [])),
+                        "agreement": agreement_report(read.data, result.mask, args.note)})
     print(json.dumps({"checkpoint": str(path), "note": result.note, "results": results}, indent=2))
     return 0
 
