@@ -99,7 +99,8 @@ def lung_fields_from_mask(left: np.ndarray, right: np.ndarray) -> LungFields:
         if rows.size == 0:
             raise ValueError("a lung mask is empty")
         h, w = lung.shape
-        boxes.append(LungBox(rows[0] / h, (rows[-1] + 1) / h, cols[0] / w, (cols[-1] + 1) / w))
+        boxes.append(LungBox(float(rows[0] / h), float((rows[-1] + 1) / h), float(cols[0] / w),
+                             float((cols[-1] + 1) / w)))
     midline = (boxes[0].col1 + boxes[1].col0) / 2
     return LungFields(boxes[0], boxes[1], float(midline), "mask")
 
