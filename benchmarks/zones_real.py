@@ -107,6 +107,13 @@ def run(data_dir: Path, split: str, n_cases: int | None) -> dict:
         if note_o is not None:
             wrong_o.append(check_agreement(mask, note_o, lungs=result.lungs))
     _, size, info = load_regression(str(WEIGHTS_FILE))
+    image, mask = load_case(cases[0])  # a large radiograph: the first case at 8x, 16-bit
+    big, big_mask = (np.kron(a, np.ones((8, 8), a.dtype)) for a in (image.astype(np.uint16) * 257, mask))
+    big_ms = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        check_agreement(big_mask, cases[0].note, lungs=estimate_lung_fields(big))
+        big_ms.append(1000 * (time.perf_counter() - t0))
     return {
         "estimate": _tally(est), "naive": _tally(naive),
         "flagged_mirrored": 1 - _tally(wrong_m)["agree"], "mirrored_cases": len(wrong_m),
@@ -114,6 +121,7 @@ def run(data_dir: Path, split: str, n_cases: int | None) -> dict:
         "flagged_other": 1 - _tally(wrong_o)["agree"], "other_cases": len(wrong_o),
         "ms_per_image": {"median": float(np.median(ms)), "p95": float(np.percentile(ms, 95)),
                          "max": float(np.max(ms))},
+        "large_image": {"size": f"{big.shape[1]}x{big.shape[0]}", "ms": float(np.median(big_ms))},
         "image_sizes": dict(shapes.most_common(5)), "regression": {"size": size, **info},
         "not_qata_notes": len(listed) - len(cases),
     }
@@ -153,7 +161,10 @@ def report(r: dict, args: argparse.Namespace, argv: list[str]) -> str:
         (f"Data: {args.data_dir.name}, {args.split} split, {e['cases']} ground-truth masks with their "
         f"captions ({r['not_qata_notes']} captions outside the QaTa grammar left out). Sides as the "
         "captions name them: as the image shows them (`notes.NOTE_SIDES`)."),
-        f"Thresholds: `{AgreementConfig()}` (tuned on the training split).",
+        (f"Thresholds: `{AgreementConfig()}`, tuned on the training and validation splits "
+         "(a first set tuned on the training split alone gave 91.3 % there but 85.4 % on "
+         "validation and 88.4 % on this test split at commit 8e85268; QaTa's splits use the zone "
+         "words differently, the test captions name a middle zone in 72 % of cases, training 58 %)."),
         f"Lung-field regression: {r['regression']}.",
         "",
         "| zones from | masks agreeing with their caption | a named zone empty | an unnamed zone covered |",
@@ -167,7 +178,9 @@ def report(r: dict, args: argparse.Namespace, argv: list[str]) -> str:
         f"case's caption (other zones) in {_pct(r['flagged_other'])} of {r['other_cases']}."),
         "",
         (f"Time per image (lung estimate + check, {', '.join(r['image_sizes'])} px): median "
-        f"{t['median']:.2f} ms, p95 {t['p95']:.2f} ms, max {t['max']:.2f} ms."),
+        f"{t['median']:.2f} ms, p95 {t['p95']:.2f} ms, max {t['max']:.2f} ms; the first case "
+        f"upscaled to {r['large_image']['size']} (16-bit): {r['large_image']['ms']:.1f} ms, median of 5. "
+        "The machine's 2 cores were shared with other jobs: the tails are theirs."),
         "",
         "Disagreements with the estimate, by zone (a case can have several): "
         + ", ".join(f"{k} {v}" for k, v in list(e["by_zone"].items())[:12]) + ".",
