@@ -108,7 +108,8 @@ def run(data_dir: Path, split: str, n_cases: int | None) -> dict:
             wrong_o.append(check_agreement(mask, note_o, lungs=result.lungs))
     _, size, info = load_regression(str(WEIGHTS_FILE))
     image, mask = load_case(cases[0])  # a large radiograph: the first case at 8x, 16-bit
-    big, big_mask = (np.kron(a, np.ones((8, 8), a.dtype)) for a in (image.astype(np.uint16) * 257, mask))
+    wide = image.astype(np.uint16) * 257 if image.dtype == np.uint8 else image
+    big, big_mask = (np.kron(a, np.ones((8, 8), a.dtype)) for a in (wide, mask))
     big_ms = []
     for _ in range(5):
         t0 = time.perf_counter()

@@ -43,6 +43,10 @@ def test_disagreement_is_a_warning_and_in_the_status_line(make_napari_viewer):
                         "the mask has nothing there")]
     assert "the mask has nothing there" in widget.status.value
     assert widget.agreements[image.name][1].agrees is False
+    widget.image.value = image
+    widget.threshold.value = 0.7  # a new mask from the kept probabilities is checked again
+    assert widget.status.value == widget.agreements[image.name][1].summary
+    assert widget.status.value.endswith("the mask has nothing there")
 
     widget._show(image, result_for(reference, note), "left lung looks hazy")  # free text
     assert widget.status.value.endswith("cannot check: note not in the QaTa grammar")
