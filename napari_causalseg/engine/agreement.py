@@ -34,7 +34,6 @@ from .lungs import IMAGE_SIDES, LungFields, estimate_lung_fields
 from .notes import NOTE_SIDES, SIDES, ZONES, parse_note, sorted_zones
 
 NOT_QATA = "cannot check: note not in the QaTa grammar"
-_STATES = ("empty", "partial", "covered")
 
 
 @dataclass(frozen=True)
