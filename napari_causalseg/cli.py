@@ -352,6 +352,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .engine.agreement import agreement_report
     from .engine.batch import BatchConfig, plan_batch, run_batch
 
     config = BatchConfig(out_dir=args.out, fmt=args.format, overwrite=args.overwrite,
@@ -381,7 +382,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                             "confounders": str(item.confounder_path),
                             "lesion_fraction": float(result.mask.mean()), "shape": list(result.mask.shape),
                             "read_notes": list(read.metadata.get("notes", [])), "note": item.note,
-                            "kept": [str(p) for p in outcome.kept]})
+                            "kept": [str(p) for p in outcome.kept],
+                            "agreement": agreement_report(read.data, result.mask, item.note)})
     print(json.dumps({"checkpoint": str(path) if path else None, "format": args.format, "note": args.note,
                       "results": results}, indent=2))
     if failures:

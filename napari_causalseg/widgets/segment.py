@@ -24,9 +24,10 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import thread_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from superqt.utils import ensure_main_thread
 
+from ..engine.agreement import check_agreement
 from ..engine.device import available_devices
 from ..engine.model_sources import (
     CHECKPOINT,
@@ -98,6 +99,7 @@ class SegmentWidget(Container):
         self.viewer = viewer
         self.models = SegmenterHolder()
         self.results: dict[str, Any] = {}  # image layer name -> last SegmentationResult
+        self.agreements: dict[str, Any] = {}  # image layer name -> (note, its ZoneAgreement)
         self._workers: set[Any] = set()
         self._prefilled_note = ""
 
@@ -198,6 +200,9 @@ class SegmentWidget(Container):
         labels = find_layer(self.viewer, layer.name + LESION_SUFFIX)
         if labels is not None and not rethreshold(labels, result.probability, value):
             self.status.value = "Lesion layer was edited by hand: threshold not applied"
+        elif labels is not None and layer.name in self.agreements:  # the mask changed: check again
+            note = self.agreements[layer.name][0]
+            self._set_status(self._check_zones(layer, np.asarray(labels.data) > 0, note))
 
     # work ----------------------------------------------------------------------
     def _start(self, worker: Any) -> Any:
@@ -263,14 +268,14 @@ class SegmentWidget(Container):
             return self.models.get(source, device, on_progress=on_event).segment(image, note, threshold)
 
         worker = work()
-        worker.returned.connect(lambda result: self._show(layer, result))
+        worker.returned.connect(lambda result: self._show(layer, result, note))
         worker.errored.connect(lambda exc: self._report(exc, "Segmentation failed"))
         worker.finished.connect(lambda: setattr(self.run_button, "enabled", True))
         self.run_button.enabled = False
         self.status.value = "Segmenting…"
         return self._start(worker)
 
-    def _show(self, layer: Any, result: Any) -> None:
+    def _show(self, layer: Any, result: Any, note: str) -> None:
         if layer not in self.viewer.layers:
             return  # the image was closed while the model ran
         self.results[layer.name] = result
@@ -281,7 +286,20 @@ class SegmentWidget(Container):
         if result.dropped:
             show_info(f"The note was cut to fit the model; dropped: '{result.dropped}'")
         fraction = float(np.mean(result.mask))
-        self._set_status(f"Lesion covers {fraction:.1%} of the image")
+        zones = self._check_zones(layer, result.mask, note, warn=True)
+        self._set_status(f"Lesion covers {fraction:.1%} of the image; {zones}")
+
+    def _check_zones(self, layer: Any, mask: np.ndarray, note: str, warn: bool = False) -> str:
+        """Compare the mask's lung zones with the note (engine/agreement.py); a napari
+        warning when they disagree. Returns the line for the status."""
+        try:
+            agreement = check_agreement(mask, note, image=image_array(layer))
+        except ValueError as exc:
+            return f"lung zones not checked: {exc}"
+        self.agreements[layer.name] = (note, agreement)
+        if warn and agreement.checked and not agreement.agrees:
+            show_warning(f"Mask and note disagree: {agreement.summary}")
+        return agreement.summary
 
     def _set_status(self, text: str) -> None:
         with contextlib.suppress(RuntimeError):  # the dock may be closed while a worker ran
