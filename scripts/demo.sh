@@ -4,6 +4,6 @@
 # Without a display, use the CLI (causalseg segment) or run this under xvfb-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh demo
 VENV=${VENV:-.venv}
 exec "$VENV/bin/python" -m napari_causalseg "$@"

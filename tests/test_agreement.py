@@ -199,7 +199,7 @@ def test_cli_segment_reports_the_agreement(capsys, tmp_path, synth_cases):
     Image.fromarray(synth_cases[0].image).save(image)
     for note, checked in ((synth_cases[0].note, True), ("ground-glass opacity, both bases", False)):
         rc = main(["segment", str(image), "--note", note, "--checkpoint", str(ckpt),
-                   "--out", str(tmp_path / "out"), "--device", "cpu"])
+                   "--out", str(tmp_path / "out"), "--device", "cpu", "--overwrite"])
         out, err = capsys.readouterr()
         assert rc == 0, err
         result = json.loads(out)["results"][0]
