@@ -94,7 +94,7 @@ def train_demo_model(
     """
     from .checkpoint import load_checkpoint, save_checkpoint
     from .config import get_config
-    from .data.readers import open_dataset
+    from .data.layouts import open_dataset
     from .data.synth import write_lvit_dataset
     from .evaluate import evaluate_cases
     from .finetune import Finetune, FinetuneConfig, FinetunePlan
