@@ -42,8 +42,8 @@ def caption_prior(train, test, size: int, threshold: float = 0.3) -> dict:
     import numpy as np
     import torch
 
+    from napari_causalseg.engine.data.cases import load_mask
     from napari_causalseg.engine.data.dataset import mask_to_model
-    from napari_causalseg.engine.data.readers import load_mask
     from napari_causalseg.engine.metrics import MetricAccumulator
     from napari_causalseg.engine.tokenizer import normalize_note
 
@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from napari_causalseg.engine.checkpoint import load_checkpoint
-    from napari_causalseg.engine.data.readers import AnnotationStore, load_case, open_dataset
+    from napari_causalseg.engine.data.annotations import AnnotationStore
+    from napari_causalseg.engine.data.cases import load_case
+    from napari_causalseg.engine.data.layouts import open_dataset
     from napari_causalseg.engine.demo import demo_checkpoint
     from napari_causalseg.engine.evaluate import evaluate_cases
     from napari_causalseg.engine.finetune import Finetune, FinetuneConfig

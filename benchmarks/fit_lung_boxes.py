@@ -34,7 +34,8 @@ def _commit() -> str:
 
 def load_six_zone_cases(data_dir: Path, limit: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Images and true box edges (N, 8) of the training split's six-zone cases."""
-    from napari_causalseg.engine.data.readers import load_case, open_dataset
+    from napari_causalseg.engine.data.cases import load_case
+    from napari_causalseg.engine.data.layouts import open_dataset
     from napari_causalseg.engine.lungs import edges_from_masks
 
     cases = [c for c in open_dataset(data_dir, validate=False).train if SIX in c.note.lower()]

@@ -79,7 +79,8 @@ def run(data_dir: Path, split: str, n_cases: int | None) -> dict:
     import numpy as np
 
     from napari_causalseg.engine.agreement import check_agreement
-    from napari_causalseg.engine.data.readers import load_case, open_dataset
+    from napari_causalseg.engine.data.cases import load_case
+    from napari_causalseg.engine.data.layouts import open_dataset
     from napari_causalseg.engine.lungs import (
         WEIGHTS_FILE,
         estimate_lung_fields,

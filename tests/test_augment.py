@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_causalseg.engine.augment import NO_AUGMENTATION, AugmentConfig, augment_batch
+from napari_causalseg.engine.data.annotations import AnnotationStore
 from napari_causalseg.engine.data.dataset import CaseDataset
-from napari_causalseg.engine.data.readers import AnnotationStore
 from napari_causalseg.engine.notes import make_note, mirror_note, mirror_zones, parse_note
 from napari_causalseg.engine.preprocess import PreprocessConfig, prepare_image
 from napari_causalseg.engine.tokenizer import NoteTokenizer

@@ -16,7 +16,8 @@ import torch
 
 from napari_causalseg.engine import CausalCLIPSeg, get_config, save_checkpoint
 from napari_causalseg.engine.checkpoint import read_checkpoint_info
-from napari_causalseg.engine.data.readers import AnnotationStore, open_dataset, split_for_new_case
+from napari_causalseg.engine.data.annotations import AnnotationStore, split_for_new_case
+from napari_causalseg.engine.data.layouts import open_dataset
 from napari_causalseg.engine.data.synth import SynthConfig, generate
 from napari_causalseg.engine.finetune import (
     MIN_VALIDATION_CASES,

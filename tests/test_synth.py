@@ -1,4 +1,4 @@
-"""The synthetic QaTa-like generator: notes must be true of the masks, files LViT-shaped.
+"""The synthetic QaTa-like generator (data/synth): notes must be true of the masks.
 
 Expected facts are checked against the pixels (where the mask lies in the lung field),
 not against the generator's own bookkeeping alone.
@@ -6,33 +6,26 @@ not against the generator's own bookkeeping alone.
 
 from __future__ import annotations
 
-import io
 import itertools
 import re
 import time
-import zipfile
 from collections import deque
 
 import numpy as np
 import pytest
-from openpyxl import load_workbook
-from PIL import Image
 
 from napari_causalseg.engine.data.synth import (
     ZONE_CODES,
     SynthCase,
     SynthConfig,
-    case_rng,
     generate,
     synth_case,
-    write_lvit_dataset,
 )
 from napari_causalseg.engine.notes import (
     HEALTHY_NOTE,
     NUMBER_WORDS,
     SIDES,
     ZONES,
-    make_note,
     mirror_zones,
     parse_note,
 )
@@ -157,51 +150,6 @@ def test_notes_name_image_sides_as_qata_does_unless_asked_for_patient_sides():
             assert c.note_zones == (mirror_zones(c.zones) if note_sides == "image" else c.zones)
     with pytest.raises(ValueError, match="note_sides"):
         SynthConfig(note_sides="viewer")
-
-
-def test_make_and_parse_note_round_trip_every_layout():
-    areas = list(itertools.product(SIDES, ZONES))
-    for k in range(1, 7):
-        for zones in itertools.combinations(areas, k):
-            note = make_note(zones)
-            lat, count, parsed = parse_note(note)
-            assert count == k and sorted(parsed) == sorted(zones)
-            assert lat == ("bilateral" if len({s for s, _ in zones}) == 2 else "unilateral")
-
-
-def test_examples_from_the_brief():
-    assert make_note([("right", "lower")]) == (
-        "Unilateral pulmonary infection, one infected area, lower right lung."
-    )
-    assert make_note([("right", "lower"), ("left", "upper")]) == (
-        "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
-    )
-    zones = [("left", "upper"), ("left", "middle"), ("right", "middle"), ("right", "lower")]
-    assert make_note(zones) == (
-        "Bilateral pulmonary infection, four infected areas, upper middle left lung and "
-        "middle lower right lung."
-    )
-    # real QaTa captions sometimes name the right lung first, in lower case
-    _, _, z = parse_note(
-        "bilateral pulmonary infection, two infected areas, upper right lung and upper left lung."
-    )
-    assert z == [("left", "upper"), ("right", "upper")]
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        "Pulmonary infection, one infected area, lower right lung.",
-        "Unilateral pulmonary infection, seven infected areas, lower right lung.",
-        "Unilateral pulmonary infection, one infected area, lower middle lung.",
-        "Unilateral pulmonary infection, one infected area, right lung.",
-        "Unilateral pulmonary infection, one sick area, lower right lung.",
-        "lower right lung",
-    ],
-)
-def test_parse_rejects_malformed(bad):
-    with pytest.raises(ValueError):
-        parse_note(bad)
 
 
 # ------------------------------------------------------------------ note vs mask
@@ -341,78 +289,6 @@ def test_bad_config_rejected():
         SynthConfig(marker_text="Z")
     with pytest.raises(ValueError):
         SynthConfig(marker_corner="middle")
-
-
-# ------------------------------------------------------------------ LViT files
-
-
-def _files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def test_write_lvit_dataset_layout(tmp_path):
-    cfg = SynthConfig(size=64)
-    seen = []
-    root = write_lvit_dataset(
-        tmp_path / "ds", 4, 2, 3, seed=1, cfg=cfg, progress=lambda i, n: seen.append((i, n))
-    )
-    assert root == tmp_path / "ds"
-    assert seen[-1] == (9, 9)
-    names = {}
-    for folder, n in (("Train_Folder", 4), ("Val_Folder", 2), ("Test_Folder", 3)):
-        imgs = sorted(p.name for p in (root / folder / "img").iterdir())
-        masks = sorted(p.name for p in (root / folder / "labelcol").iterdir())
-        assert len(imgs) == n and all(re.fullmatch(r"synth_\d{6}\.png", x) for x in imgs)
-        assert masks == [f"mask_{x}" for x in imgs]
-        for x in imgs:
-            im = Image.open(root / folder / "img" / x)
-            mk = Image.open(root / folder / "labelcol" / f"mask_{x}")
-            assert im.mode == "L" and mk.mode == "L" and im.size == mk.size == (64, 64)
-            assert set(np.unique(np.asarray(mk))) <= {0, 255}
-        names[folder] = imgs
-    all_names = sum(names.values(), [])
-    assert len(set(all_names)) == len(all_names)  # one workbook covers train + val
-
-    def rows(path):
-        ws = load_workbook(path).active
-        return [tuple(r) for r in ws.iter_rows(values_only=True)]
-
-    tv = rows(root / "Train_Folder" / "Train_Val_text.xlsx")
-    te = rows(root / "Test_Folder" / "Test_text.xlsx")
-    assert tv[0] == ("Image", "Description") and te[0] == ("Image", "Description")
-    want_tv = [f"mask_{x}" for x in names["Train_Folder"] + names["Val_Folder"]]
-    assert [r[0] for r in tv[1:]] == want_tv
-    assert [r[0] for r in te[1:]] == [f"mask_{x}" for x in names["Test_Folder"]]
-    # descriptions are the notes of those very masks
-    for folder, split, table in (
-        ("Train_Folder", "train", tv[1:5]),
-        ("Val_Folder", "val", tv[5:]),
-        ("Test_Folder", "test", te[1:]),
-    ):
-        for i, (mask_name, note) in enumerate(table):
-            case = synth_case(case_rng(1, split, i), cfg, split)
-            assert note == case.note
-            mk = np.asarray(Image.open(root / folder / "labelcol" / mask_name)) > 0
-            assert np.array_equal(mk, case.mask)
-            img = np.asarray(Image.open(root / folder / "img" / mask_name[5:]))
-            assert np.array_equal(img, case.image)
-    assert not [p for p in root.rglob("*") if p.name.startswith(".")]  # no temporary files
-
-
-def test_write_lvit_dataset_is_byte_reproducible(tmp_path):
-    cfg = SynthConfig(size=48)
-    a = _files(write_lvit_dataset(tmp_path / "a", 2, 1, 2, seed=3, cfg=cfg))
-    b = _files(write_lvit_dataset(tmp_path / "b", 2, 1, 2, seed=3, cfg=cfg))
-    assert a.keys() == b.keys() and len(a) == 12
-    assert all(a[k] == b[k] for k in a)
-    # no wall clock inside the workbooks (a run a second later would differ)
-    for name in ("Train_Folder/Train_Val_text.xlsx", "Test_Folder/Test_text.xlsx"):
-        with zipfile.ZipFile(io.BytesIO(a[name])) as z:
-            assert {i.date_time for i in z.infolist()} == {(2000, 1, 1, 0, 0, 0)}
-            core = z.read("docProps/core.xml").decode()
-            assert str(time.gmtime().tm_year) not in core
-    c = _files(write_lvit_dataset(tmp_path / "c", 2, 1, 2, seed=4, cfg=cfg))
-    assert a["Train_Folder/img/synth_000000.png"] != c["Train_Folder/img/synth_000000.png"]
 
 
 def test_speed():

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from napari_causalseg.engine import CausalCLIPSeg, ModelConfig, get_config, load_checkpoint
-from napari_causalseg.engine.data.readers import open_dataset
+from napari_causalseg.engine.data.layouts import open_dataset
 from napari_causalseg.engine.data.synth import SynthConfig, write_lvit_dataset
 from napari_causalseg.engine.evaluate import evaluate_cases
 from napari_causalseg.engine.train_config import TrainConfig
@@ -116,7 +116,7 @@ def test_frozen_encoders_stay_fixed(synth_data):
 
 
 def test_bad_notes_fail_before_training(synth_data, tmp_path):
-    from napari_causalseg.engine.data.readers import DatasetError
+    from napari_causalseg.engine.data.cases import DatasetError
 
     bad = [replace(synth_data.train[0], note="   ")] + synth_data.train[1:4]
     with pytest.raises(DatasetError, match=f"case {bad[0].name}.*empty"):

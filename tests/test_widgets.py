@@ -258,7 +258,7 @@ def test_add_case_writes_the_files_at_once(qtbot, viewer_with_sample, tiny_check
     case = fine.add_case()
     files = sorted(p.name for p in case.image_path.parent.iterdir())
     assert {"image.png", "mask.png", "note.txt"} <= set(files)
-    from napari_causalseg.engine.data.readers import load_mask
+    from napari_causalseg.engine.data.cases import load_mask
 
     mask = load_mask(case.mask_path)
     assert mask.sum() == 40 * 60 and mask[50:90, 40:100].all()
@@ -375,7 +375,7 @@ from pathlib import Path
 import numpy as np
 import napari
 from qtpy.QtWidgets import QApplication
-from napari_causalseg.engine.data.readers import AnnotationStore
+from napari_causalseg.engine.data.annotations import AnnotationStore
 from napari_causalseg.engine.data.synth import SynthConfig, generate
 from napari_causalseg.widgets import FineTuneWidget, SegmentWidget
 

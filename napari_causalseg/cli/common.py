@@ -13,7 +13,7 @@ class CLIError(Exception):
 
 
 def open_splits(data_dir: Path, val_fraction: float = 0.2):
-    from ..engine.data.readers import open_dataset
+    from ..engine.data.layouts import open_dataset
 
     if not data_dir.exists():
         raise CLIError(f"data folder not found: {data_dir}")

@@ -93,7 +93,7 @@ def train_demo_model(
     interrupted first run leaves nothing half-made behind.
     """
     from .checkpoint import load_checkpoint, save_checkpoint
-    from .data.readers import open_dataset
+    from .data.layouts import open_dataset
     from .data.synth import write_lvit_dataset
     from .evaluate import evaluate_cases
     from .factory import build_model

@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
+from .data.cases import Case
 from .data.dataset import CaseDataset
-from .data.readers import Case
 from .metrics import MetricAccumulator
 from .model import CausalCLIPSeg
 from .tokenizer import NoteTokenizer

@@ -7,7 +7,7 @@ objective (L_c - lambda L_s, both decoders), scores the best epoch, and promotes
 atomically as a new checkpoint beside the earlier ones. The last event (kind
 'finished') carries a `FinetuneResult`; a cancelled run writes no model.
 
-Honest validation: cases keep the split they were given when added (readers.py), and
+Honest validation: cases keep the split they were given when added (data/annotations.py), and
 the verdict compares the same validation cases before and after, image by image. With
 fewer than `MIN_VALIDATION_CASES` there is nothing to judge and the result says so.
 """
@@ -28,7 +28,9 @@ import torch
 
 from .augment import NO_AUGMENTATION, AugmentConfig
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data.readers import AnnotationStore, Case, DatasetSplits, open_dataset
+from .data.annotations import AnnotationStore
+from .data.cases import Case, DatasetSplits
+from .data.layouts import open_dataset
 from .events import TrainEvent
 from .train_config import TrainConfig
 from .trainer import Trainer

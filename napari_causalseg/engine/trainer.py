@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from .augment import augment_batch
 from .checkpoint import save_checkpoint
+from .data.cases import Case
 from .data.dataset import CaseDataset
-from .data.readers import Case
 from .device import resolve_device
 from .evaluate import evaluate_dataset
 from .events import TrainEvent

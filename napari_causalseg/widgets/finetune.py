@@ -32,7 +32,8 @@ from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..engine.data.readers import AnnotationStore, Case, safe_case_name
+from ..engine.data.annotations import AnnotationStore, safe_case_name
+from ..engine.data.cases import Case
 from ..engine.finetune import FinetuneConfig
 from ..engine.finetune_process import FinetuneCrashed, FinetuneFailed, FinetuneProcess
 from ..engine.images import to_gray

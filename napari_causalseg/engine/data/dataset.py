@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..notes import mirror_note
 from ..preprocess import PreprocessConfig, prepare_image
 from ..tokenizer import NoteError, NoteTokenizer
-from .readers import Case, DatasetError, load_case
+from .cases import Case, DatasetError, load_case
 
 
 def mask_to_model(mask: np.ndarray, size: int) -> torch.Tensor:
