@@ -107,3 +107,34 @@ def ann_root(tmp_path: Path) -> Path:
         store.add_case(f"case{k}", case_image(k), case_mask(k), f"note {k}")
     store.add_case("held_out", case_image(7), case_mask(3), "test note", meta={"split": "test"})
     return root
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """A tiny model with random weights, saved as a user's checkpoint file."""
+    from napari_causalseg.engine import save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path / "models" / "tiny.safetensors"
+    save_checkpoint(path, CausalCLIPSeg(get_config("tiny")), {"note": "random test model"})
+    return path
+
+
+@pytest.fixture
+def viewer_with_sample(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-causalseg", "synthetic_chest_xray")
+    return viewer
+
+
+@pytest.fixture
+def wait_for_workers(qtbot):
+    """No Segment widget's worker may outlive its test (it would touch a closed viewer)."""
+    from napari_causalseg.widgets import SegmentWidget
+
+    created: list = []
+    SegmentWidget._test_instances = created
+    yield
+    for widget in created:
+        qtbot.waitUntil(lambda w=widget: not w._workers, timeout=120_000)
+    del SegmentWidget._test_instances
