@@ -45,6 +45,8 @@ def napari_get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDa
 def read_layers(path: PathOrPaths) -> list[LayerData] | None:
     """One Image layer per file; None (napari tries other readers) if none decodes.
 
+    Never raises: a file that cannot be read becomes a warning naming it and the reason.
+
     Files are not stacked: chest X-rays rarely share a shape.
     """
     layers: list[LayerData] = []
@@ -52,8 +54,10 @@ def read_layers(path: PathOrPaths) -> list[LayerData] | None:
         try:
             img = read_image(p)
         except ImageReadError as exc:
-            # Content passed the magic-byte check but is corrupt or needs a codec.
+            # Content passed the magic-byte check but is corrupt, too large or needs a
+            # codec: say why (napari shows warnings as notifications), never raise.
             logger.warning("napari-causalseg could not read %s", exc)
+            warnings.warn(f"napari-causalseg could not read {exc}", UserWarning, stacklevel=2)
             continue
         for text in img.metadata.get("notes", []):  # napari shows warnings as notifications
             warnings.warn(f"{Path(p).name}: {text}", UserWarning, stacklevel=2)

@@ -53,7 +53,10 @@ class ReadLimits:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ReadLimits:
-        """The defaults, overridden by the environment variables where they are set."""
+        """The defaults, overridden by the environment variables where they are set.
+
+        A bad value raises :class:`ImageReadError`, so readers still raise only their own error.
+        """
         env = os.environ if environ is None else environ
         defaults = cls()
         pixels = _env_number(env, MAX_PIXELS_ENV, 1e6, defaults.max_pixels)
@@ -91,7 +94,7 @@ def _env_number(env: Mapping[str, str], name: str, unit: float, default: int) ->
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={text!r} is not a positive number; unset it or give e.g. {name}=1024")
+        raise ImageReadError(f"{name}={text!r} is not a positive number; unset it or give e.g. {name}=1024")
     return max(int(value * unit), 1)
 
 

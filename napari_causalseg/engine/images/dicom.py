@@ -24,11 +24,7 @@ _META_KEYS = ("Modality", "BitsStored", "BitsAllocated", "PixelRepresentation", 
 def read_dicom(p: Path, limits: ReadLimits) -> LoadedImage:
     """First frame of a DICOM image, after checking the size its header claims."""
     ds = _open_dataset(p)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    bits = int(ds.get("BitsAllocated", 8) or 8)
-    limits.check(p, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), samples,
-                 max(math.ceil(bits / 8), 1), frames)
+    frames, samples = _check_claim(p, ds, limits)
     arr = _first_frame(p, ds, frames)
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -53,6 +49,25 @@ def read_dicom(p: Path, limits: ReadLimits) -> LoadedImage:
             rgb = (rgb >> 8).astype(np.uint8)  # 16-bit LUT entries -> 8-bit display
         return LoadedImage(rgb, _spacing(ds, meta), meta)
     return _grey(ds, arr, photometric, meta)
+
+
+def dicom_shape(p: Path, limits: ReadLimits) -> tuple[int, int]:
+    """(Rows, Columns) without reading the pixel data, refused like :func:`read_dicom`."""
+    import pydicom
+
+    ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+    _check_claim(p, ds, limits)
+    return int(ds.Rows), int(ds.Columns)
+
+
+def _check_claim(p: Path, ds, limits: ReadLimits) -> tuple[int, int]:
+    """One frame of the claimed Rows x Columns x samples x bytes against the limits."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    limits.check(p, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), samples,
+                 max(math.ceil(bits / 8), 1), frames)
+    return frames, samples
 
 
 def _open_dataset(p: Path):

@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from .base import ImageReadError, ImageTooLargeError, LoadedImage, ReadLimits, note
-from .sniff import PNG_MAGIC
+from .sniff import PNG_MAGIC, sniff_format
 
 # Modes Pillow decodes to, and how many bands / bytes per band the array will have.
 _WIDE_MODES = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 _TO_RGBA = ("LA", "PA", "RGBa", "La")
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "bmp": "BMP", "tiff": "TIFF"}
 
 
 def read_pil(p: Path, limits: ReadLimits) -> LoadedImage:
@@ -47,8 +48,10 @@ def read_pil(p: Path, limits: ReadLimits) -> LoadedImage:
 def _open_checked(p: Path, limits: ReadLimits):
     """``Image.open`` (header only) with the size check done before any pixel is decoded.
 
-    Pillow's own decompression-bomb warning is superseded by :class:`ReadLimits`, whose
-    default is lower; its hard error (twice its limit) becomes this module's error.
+    Pillow's decompression-bomb check is replaced by :class:`ReadLimits`: its warning is
+    silenced (the default limit here is lower) and, when its hard error fires, the
+    header is read again without it so that the refusal (or, when the user raised the
+    limit, the read) follows this module's limit and message.
     """
     from PIL import Image
 
@@ -56,12 +59,8 @@ def _open_checked(p: Path, limits: ReadLimits):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(p)
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(
-            f"{p}: {exc}. Pillow refuses images over twice PIL.Image.MAX_IMAGE_PIXELS "
-            f"({Image.MAX_IMAGE_PIXELS:,} pixels) before this plugin's own limit "
-            f"({limits.max_pixels:,} pixels) applies."
-        ) from None
+    except Image.DecompressionBombError:
+        im = _open_without_bomb_check(p)
     try:
         width, height = im.size
         mode = im.mode
@@ -71,6 +70,24 @@ def _open_checked(p: Path, limits: ReadLimits):
         im.close()
         raise
     return im
+
+
+def _open_without_bomb_check(p: Path):
+    """The header through the format's own Pillow plugin class, which has no bomb check."""
+    from PIL import Image
+
+    fmt = _PIL_FORMATS.get(sniff_format(p) or "")
+    if fmt is None or fmt not in Image.OPEN:
+        raise ImageReadError(f"{p}: Pillow cannot read this file's header")
+    factory, _accept = Image.OPEN[fmt]
+    return factory(str(p))
+
+
+def pil_shape(p: Path, limits: ReadLimits) -> tuple[int, int]:
+    """(rows, columns) from the header, refused like :func:`read_pil` when over the limits."""
+    with _open_checked(p, limits) as im:
+        width, height = im.size
+    return height, width
 
 
 def _normalise_pil_mode(im):
@@ -152,6 +169,16 @@ def _tiff_spacing(page) -> tuple[float, float] | None:
     if not (math.isfinite(x_res) and math.isfinite(y_res) and x_res > 0 and y_res > 0):
         return None
     return (10.0 / y_res, 10.0 / x_res)
+
+
+def tiff_shape(p: Path, limits: ReadLimits) -> tuple[int, int]:
+    """(rows, columns) of the first page from its IFD, refused like :func:`read_tiff`."""
+    import tifffile
+
+    with tifffile.TiffFile(p) as tif:
+        page = tif.pages.first
+        _check_page(p, page, limits, 1)
+        return int(page.imagelength), int(page.imagewidth)
 
 
 def _check_page(p: Path, page, limits: ReadLimits, n_pages: int) -> None:

@@ -9,14 +9,17 @@ from pathlib import Path
 import numpy as np
 
 from .base import ImageReadError, LoadedImage, ReadLimits
-from .dicom import read_dicom
-from .raster import read_pil, read_tiff
+from .dicom import dicom_shape, read_dicom
+from .raster import pil_shape, read_pil, read_tiff, tiff_shape
 from .sniff import sniff_format
 
 PathLike = str | os.PathLike
 
 _READERS: dict[str, Callable[[Path, ReadLimits], LoadedImage]] = {
     "png": read_pil, "jpeg": read_pil, "bmp": read_pil, "tiff": read_tiff, "dicom": read_dicom,
+}
+_SHAPES: dict[str, Callable[[Path, ReadLimits], tuple[int, int]]] = {
+    "png": pil_shape, "jpeg": pil_shape, "bmp": pil_shape, "tiff": tiff_shape, "dicom": dicom_shape,
 }
 # ITU-R BT.601 luma, the weights Pillow uses for RGB -> "L".
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -78,33 +81,25 @@ def _check_layout(p: Path, data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data)
 
 
-def image_shape(path: PathLike) -> tuple[int, int]:
-    """(rows, columns) from the header only, so thousands of files check in a second."""
+def image_shape(path: PathLike, limits: ReadLimits | None = None) -> tuple[int, int]:
+    """(rows, columns) from the header only, so thousands of files check in a second.
+
+    Refuses what :func:`read_image` refuses (same limits, same errors), so a data set
+    check finds a corrupt or gigantic file before training starts.
+    """
     p = Path(path)
+    limits = ReadLimits.from_env() if limits is None else limits
+    if not p.is_file():
+        raise ImageReadError(f"{p}: file does not exist" if not p.exists() else f"{p}: not a regular file")
     fmt = sniff_format(p)
+    if fmt is None:
+        raise ImageReadError(f"{p}: not a PNG, JPEG, TIFF or DICOM file (content not recognised)")
     try:
-        if fmt in ("png", "jpeg", "bmp"):
-            from PIL import Image
-
-            with Image.open(p) as im:
-                width, height = im.size
-            return height, width
-        if fmt == "tiff":
-            import tifffile
-
-            with tifffile.TiffFile(p) as tif:
-                page = tif.pages.first
-                return int(page.imagelength), int(page.imagewidth)
-        if fmt == "dicom":
-            import pydicom
-
-            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
-            return int(ds.Rows), int(ds.Columns)
+        return _SHAPES[fmt](p, limits)
+    except ImageReadError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any header problem is the file's, named below
         raise ImageReadError(f"{p}: cannot read the image header: {type(exc).__name__}: {exc}") from exc
-    if not p.is_file():
-        raise ImageReadError(f"{p}: file does not exist")
-    raise ImageReadError(f"{p}: not a PNG, JPEG, TIFF or DICOM file (content not recognised)")
 
 
 def to_gray(arr: np.ndarray, what: object = "<array>") -> np.ndarray:
