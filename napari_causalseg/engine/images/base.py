@@ -8,6 +8,7 @@ Every reader checks the claimed size against :class:`ReadLimits` before it decod
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Mapping
@@ -103,6 +104,28 @@ def _human(n: int) -> str:
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
     return f"{n} bytes"
+
+
+class BoundedReader(io.BufferedReader):
+    """A binary file whose ``read(n)`` never asks for more than the rest of the file.
+
+    Python's ``read(n)`` allocates ``n`` bytes before reading, so a corrupt length field
+    (a PNG chunk or a DICOM element claiming 4 GiB) would make the decoders allocate it.
+    Pillow and pydicom read through this instead of opening the path themselves.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(io.FileIO(path, "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if size is not None and size >= 0:
+            size = max(0, min(size, self._size - self.tell()))
+        return super().read(size)
+
+
+#: Exceptions a reader must let through; everything else a decoder raises becomes its error.
+NOT_DECODER_ERRORS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 @dataclass

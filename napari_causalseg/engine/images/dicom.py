@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ImageReadError, LoadedImage, ReadLimits, note
+from .base import NOT_DECODER_ERRORS, BoundedReader, ImageReadError, LoadedImage, ReadLimits, note
 
 _META_KEYS = ("Modality", "BitsStored", "BitsAllocated", "PixelRepresentation", "ViewPosition",
               "BodyPartExamined", "PresentationIntentType")
@@ -55,7 +55,10 @@ def dicom_shape(p: Path, limits: ReadLimits) -> tuple[int, int]:
     """(Rows, Columns) without reading the pixel data, refused like :func:`read_dicom`."""
     import pydicom
 
-    ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+    with BoundedReader(p) as fh:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+    if "Rows" not in ds or "Columns" not in ds:
+        raise ImageReadError(f"{p}: the DICOM header has no Rows/Columns, so it holds no image")
     _check_claim(p, ds, limits)
     return int(ds.Rows), int(ds.Columns)
 
@@ -76,10 +79,11 @@ def _open_dataset(p: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
-        with open(p, "rb") as fh:
+        with BoundedReader(p) as fh:
             fh.seek(128)
             has_preamble = fh.read(4) == b"DICM"
-        ds = pydicom.dcmread(p, force=not has_preamble)
+            fh.seek(0)
+            ds = pydicom.dcmread(fh, force=not has_preamble)
     except InvalidDicomError as exc:
         raise ImageReadError(f"{p}: not a valid DICOM file: {exc}") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -104,13 +108,26 @@ def _first_frame(p: Path, ds, frames: int) -> np.ndarray:
 
     try:
         return pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - decoders raise anything; the message says which file and why
-        tsuid = ds.file_meta.get("TransferSyntaxUID")
-        hint = ""
-        if tsuid is not None and getattr(tsuid, "is_compressed", False):
-            hint = (f" (transfer syntax {tsuid.name} is compressed; install the decoders with "
-                    "pip install 'napari-causalseg[dicom]')")
+    except NOT_DECODER_ERRORS:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - decoders raise anything (Rust panics too); say which file and why
+        hint = _decoder_hint(ds.file_meta.get("TransferSyntaxUID"))
         raise ImageReadError(f"{p}: cannot decode DICOM pixel data: {exc}{hint}") from exc
+
+
+def _decoder_hint(tsuid) -> str:
+    """Name the extra to install when no decoder for a compressed transfer syntax is present."""
+    if tsuid is None or not getattr(tsuid, "is_compressed", False):
+        return ""
+    try:
+        from pydicom.pixels import get_decoder
+
+        if get_decoder(tsuid).is_available:
+            return ""  # the decoder is there: the data is corrupt
+    except Exception:  # noqa: BLE001 - an unknown syntax has no decoder at all
+        pass
+    return (f" (no decoder for the compressed transfer syntax {tsuid.name} is installed; "
+            "install them with pip install 'napari-causalseg[dicom]')")
 
 
 def _grey(ds, arr: np.ndarray, photometric: str, meta: dict) -> LoadedImage:

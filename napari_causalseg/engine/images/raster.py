@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ImageReadError, ImageTooLargeError, LoadedImage, ReadLimits, note
+from .base import BoundedReader, ImageReadError, ImageTooLargeError, LoadedImage, ReadLimits, note
 from .sniff import PNG_MAGIC, sniff_format
 
 # Modes Pillow decodes to, and how many bands / bytes per band the array will have.
@@ -45,34 +46,35 @@ def read_pil(p: Path, limits: ReadLimits) -> LoadedImage:
     return LoadedImage(np.array(data), None, meta)
 
 
+@contextlib.contextmanager
 def _open_checked(p: Path, limits: ReadLimits):
     """``Image.open`` (header only) with the size check done before any pixel is decoded.
 
-    Pillow's decompression-bomb check is replaced by :class:`ReadLimits`: its warning is
-    silenced (the default limit here is lower) and, when its hard error fires, the
-    header is read again without it so that the refusal (or, when the user raised the
-    limit, the read) follows this module's limit and message.
+    Pillow reads through :class:`BoundedReader`, so a chunk length that claims more than
+    the file holds cannot make it allocate that much. Its decompression-bomb check is
+    replaced by :class:`ReadLimits`: the warning is silenced (the default limit here is
+    lower) and, when its hard error fires, the header is read again without it so that
+    the refusal (or, when the user raised the limit, the read) follows this module.
     """
     from PIL import Image
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(p)
-    except Image.DecompressionBombError:
-        im = _open_without_bomb_check(p)
-    try:
-        width, height = im.size
-        mode = im.mode
-        bands = 4 if mode in _TO_RGBA or mode == "P" else len(im.getbands())
-        limits.check(p, height, width, bands, _WIDE_MODES.get(mode, 1), getattr(im, "n_frames", 1))
-    except BaseException:
-        im.close()
-        raise
-    return im
+    with BoundedReader(p) as fh:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(fh)
+        except Image.DecompressionBombError:
+            fh.seek(0)
+            im = _open_without_bomb_check(p, fh)
+        with im:
+            width, height = im.size
+            mode = im.mode
+            bands = 4 if mode in _TO_RGBA or mode == "P" else len(im.getbands())
+            limits.check(p, height, width, bands, _WIDE_MODES.get(mode, 1), getattr(im, "n_frames", 1))
+            yield im
 
 
-def _open_without_bomb_check(p: Path):
+def _open_without_bomb_check(p: Path, fh):
     """The header through the format's own Pillow plugin class, which has no bomb check."""
     from PIL import Image
 
@@ -80,7 +82,7 @@ def _open_without_bomb_check(p: Path):
     if fmt is None or fmt not in Image.OPEN:
         raise ImageReadError(f"{p}: Pillow cannot read this file's header")
     factory, _accept = Image.OPEN[fmt]
-    return factory(str(p))
+    return factory(fh, str(p))
 
 
 def pil_shape(p: Path, limits: ReadLimits) -> tuple[int, int]:
@@ -115,12 +117,16 @@ def _is_16bit_colour_png(p: Path) -> bool:
 
 
 def read_tiff(p: Path, limits: ReadLimits) -> LoadedImage:
-    """First page through tifffile; Pillow when tifffile lacks the codec (LZW, JPEG)."""
+    """First page through tifffile; Pillow when tifffile lacks the codec (LZW, JPEG).
+
+    tifffile reads through :class:`BoundedReader`: a strip byte count of 4 GiB in a small
+    file otherwise makes it allocate 4 GiB before it finds out.
+    """
     import tifffile
 
     meta: dict[str, Any] = {}
     try:
-        with tifffile.TiffFile(p) as tif:
+        with BoundedReader(p) as fh, tifffile.TiffFile(fh) as tif:
             n_pages = len(tif.pages)
             page = tif.pages.first
             _check_page(p, page, limits, n_pages)
@@ -175,7 +181,7 @@ def tiff_shape(p: Path, limits: ReadLimits) -> tuple[int, int]:
     """(rows, columns) of the first page from its IFD, refused like :func:`read_tiff`."""
     import tifffile
 
-    with tifffile.TiffFile(p) as tif:
+    with BoundedReader(p) as fh, tifffile.TiffFile(fh) as tif:
         page = tif.pages.first
         _check_page(p, page, limits, 1)
         return int(page.imagelength), int(page.imagewidth)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ImageReadError, LoadedImage, ReadLimits
+from .base import NOT_DECODER_ERRORS, ImageReadError, LoadedImage, ReadLimits
 from .dicom import dicom_shape, read_dicom
 from .raster import pil_shape, read_pil, read_tiff, tiff_shape
 from .sniff import sniff_format
@@ -49,7 +49,9 @@ def read_image(path: PathLike, limits: ReadLimits | None = None) -> LoadedImage:
     except MemoryError as exc:
         raise ImageReadError(f"{p}: not enough memory to decode this {fmt.upper()} file "
                              "(close other programs or use a smaller image)") from exc
-    except Exception as exc:  # noqa: BLE001 - decoders raise anything from OSError to KeyError
+    except NOT_DECODER_ERRORS:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - decoders raise anything, even Rust panics (BaseException)
         raise ImageReadError(f"{p}: cannot decode as {fmt.upper()}: {type(exc).__name__}: {exc}") from exc
     img.metadata.setdefault("format", fmt)
     img.metadata.setdefault("source_path", str(p))
@@ -98,7 +100,9 @@ def image_shape(path: PathLike, limits: ReadLimits | None = None) -> tuple[int, 
         return _SHAPES[fmt](p, limits)
     except ImageReadError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any header problem is the file's, named below
+    except NOT_DECODER_ERRORS:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any header problem is the file's, named below
         raise ImageReadError(f"{p}: cannot read the image header: {type(exc).__name__}: {exc}") from exc
 
 
