@@ -1,8 +1,8 @@
 """napari reader (npe2 ``get_reader`` hook) over :mod:`napari_causalseg.engine.images`.
 
-The manifest offers this reader for every file (``'*'``, so extension-less
-DICOM works), hence the hook must be cheap and must refuse, never raise on,
-files it does not understand: napari then tries the next reader.
+The manifest offers this reader for X-ray extensions and for every file name without
+an extension (extension-less DICOM), hence the hook must be cheap and must refuse,
+never raise on, files it does not understand: napari then tries the next reader.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .engine.images import IMAGE_EXTENSIONS, ImageReadError, can_read, read_image
+from .engine.images import (
+    IMAGE_EXTENSIONS,
+    MODALITY_VALUES_KEY,
+    ImageReadError,
+    can_read,
+    read_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +88,17 @@ def _layer_name(path: str) -> str:
 
 
 def _to_layer(path: str, img) -> LayerData:
-    data = img.data
+    """The layer shows ``img.display`` when the file's VOI is not linear; the modality
+    values the model needs then ride along in the metadata (widgets read them there)."""
+    data = img.data if img.display is None else img.display
     rgb = data.ndim == 3 and data.shape[-1] in (3, 4)
+    metadata = dict(img.metadata)
+    if img.display is not None:
+        metadata[MODALITY_VALUES_KEY] = img.data
     kwargs: dict[str, Any] = {
         "name": _layer_name(path),
         "scale": tuple(img.spacing) if img.spacing is not None else (1.0, 1.0),
-        "metadata": dict(img.metadata),
+        "metadata": metadata,
         "rgb": rgb,
     }
     if img.spacing is not None and _napari_has_units():

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .._layer_meta import MASK_HASH_KEY, NOTE_KEY, SOURCE_KEY, edited, mask_hash
+from ..engine.images import MODALITY_VALUES_KEY
 from ..engine.segmenter import threshold_mask
 
 LESION_SUFFIX = " lesion"
@@ -14,12 +15,19 @@ CONFOUNDER_SUFFIX = " confounders"
 
 
 def image_array(layer: Any) -> np.ndarray:
-    """The 2-D (or RGB) array of an Image layer, with a clear error for anything else."""
+    """The 2-D (or RGB) array of an Image layer, with a clear error for anything else.
+
+    A DICOM whose VOI is not linear is shown VOI-transformed; the model still gets the
+    modality values, which the reader keeps in the layer's metadata.
+    """
     if layer is None:
         raise ValueError("choose an image layer first (open an X-ray or File > Open Sample)")
     data = layer.data
     if isinstance(data, list | tuple):  # multiscale: the full-resolution level
         data = data[0]
+    modality = getattr(layer, "metadata", {}).get(MODALITY_VALUES_KEY)
+    if modality is not None and np.shape(modality) == np.shape(data):
+        data = modality
     data = np.asarray(data)
     ndim = data.ndim - (1 if layer.rgb else 0)
     if ndim != 2:

@@ -8,7 +8,8 @@ Conventions
 * Brighter is higher. DICOM MONOCHROME1 and TIFF min-is-white images are inverted so
   the model and the user see the same polarity as MONOCHROME2.
 * DICOM values are modality values (Rescale Slope/Intercept applied). They are never
-  clipped to the stored window; the window only suggests contrast limits.
+  clipped to the stored window; a linear window (LINEAR, LINEAR_EXACT) becomes contrast
+  limits, a non-linear VOI (SIGMOID, VOI LUT Sequence) a separate ``display`` array.
 * ``spacing`` is (row, column) in millimetres, or ``None`` when the file does not state
   it in a physical unit (PNG/JPEG/TIFF dpi is usually a default).
 * Metadata holds no patient identifiers, so it is safe to keep in layers and in files
@@ -20,6 +21,7 @@ Conventions
 from .base import (
     MAX_BYTES_ENV,
     MAX_PIXELS_ENV,
+    MODALITY_VALUES_KEY,
     ImageReadError,
     ImageTooLargeError,
     LoadedImage,
@@ -35,6 +37,7 @@ __all__ = [
     "MASK_EXTENSIONS",
     "MAX_BYTES_ENV",
     "MAX_PIXELS_ENV",
+    "MODALITY_VALUES_KEY",
     "ImageReadError",
     "ImageTooLargeError",
     "LoadedImage",

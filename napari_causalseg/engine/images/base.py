@@ -132,12 +132,25 @@ NOT_DECODER_ERRORS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 class LoadedImage:
     """Pixel data plus what is needed to show and measure it.
 
-    ``data`` is 2-D (grayscale) or 3-D with 3/4 channels last (RGB/RGBA).
+    ``data`` is 2-D (grayscale) or 3-D with 3/4 channels last (RGB/RGBA): for DICOM the
+    modality values, which the model is given. ``display`` is set only when the file's
+    VOI transformation is not linear (SIGMOID, a VOI LUT Sequence): the values to show
+    instead of ``data``, since contrast limits cannot express it.
     """
 
     data: np.ndarray
     spacing: tuple[float, float] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    display: np.ndarray | None = None
+
+
+#: Image layer metadata key of the modality values when the layer shows ``display`` instead.
+MODALITY_VALUES_KEY = "modality_values"
+
+
+def one_line(exc: BaseException) -> str:
+    """A decoder's message on one line (pydicom's span several), for notifications and the CLI."""
+    return " ".join(str(exc).split())
 
 
 def note(meta: dict, text: str) -> None:

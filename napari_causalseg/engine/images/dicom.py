@@ -9,13 +9,21 @@ first frame is decoded.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import NOT_DECODER_ERRORS, BoundedReader, ImageReadError, LoadedImage, ReadLimits, note
+from .base import (
+    NOT_DECODER_ERRORS,
+    BoundedReader,
+    ImageReadError,
+    LoadedImage,
+    ReadLimits,
+    note,
+    one_line,
+)
+from .voi import voi_transform
 
 _META_KEYS = ("Modality", "BitsStored", "BitsAllocated", "PixelRepresentation", "ViewPosition",
               "BodyPartExamined", "PresentationIntentType")
@@ -112,7 +120,7 @@ def _first_frame(p: Path, ds, frames: int) -> np.ndarray:
         raise
     except BaseException as exc:  # noqa: BLE001 - decoders raise anything (Rust panics too); say which file and why
         hint = _decoder_hint(ds.file_meta.get("TransferSyntaxUID"))
-        raise ImageReadError(f"{p}: cannot decode DICOM pixel data: {exc}{hint}") from exc
+        raise ImageReadError(f"{p}: cannot decode DICOM pixel data: {one_line(exc)}{hint}") from exc
 
 
 def _decoder_hint(tsuid) -> str:
@@ -137,16 +145,19 @@ def _grey(ds, arr: np.ndarray, photometric: str, meta: dict) -> LoadedImage:
     else:
         stored_lo, stored_hi = 0, (1 << bits_stored) - 1
     data, lo, hi = _modality_values(ds, arr, stored_lo, stored_hi, meta)
-    window = _window(ds, meta)
+    voi = voi_transform(ds, data, meta)
+    limits, display = voi.limits, voi.display
     if photometric == "MONOCHROME1":
         data = _reflect(data, lo, hi)
-        if window is not None:
-            window = (lo + hi - window[1], lo + hi - window[0])
+        if display is not None and voi.display_range is not None:
+            display = _reflect(display, *voi.display_range).astype(display.dtype)
+        elif limits is not None:
+            limits = (lo + hi - limits[1], lo + hi - limits[0])
         meta["inverted"] = True
-    if window is not None:
-        meta["contrast_limits"] = window
+    if limits is not None:
+        meta["contrast_limits"] = limits
     meta["value_range"] = (lo, hi)
-    return LoadedImage(data, _spacing(ds, meta), meta)
+    return LoadedImage(data, _spacing(ds, meta), meta, display=display)
 
 
 def _modality_values(ds, arr: np.ndarray, stored_lo: int, stored_hi: int,
@@ -198,46 +209,6 @@ def _smallest_int_dtype(lo: float, hi: float) -> np.dtype:
         if info.min <= lo and hi <= info.max:
             return np.dtype(dt)
     return np.dtype(np.int64)
-
-
-def _numbers(value) -> list[float]:
-    """DICOM WindowCenter/Width may be multi-valued; the first is the default."""
-    if value is None:
-        return []
-    values = value if isinstance(value, Iterable) and not isinstance(value, str | bytes) else [value]
-    out: list[float] = []
-    for v in values:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(f):
-            out.append(f)
-    return out
-
-
-def _window(ds, meta: dict) -> tuple[float, float] | None:
-    """Record the stored window and turn the first one into (low, high) limits."""
-    centers = _numbers(ds.get("WindowCenter"))
-    widths = _numbers(ds.get("WindowWidth"))
-    if not centers or not widths:
-        return None
-    center, width = centers[0], widths[0]
-    meta["window_center"] = center
-    meta["window_width"] = width
-    if len(centers) > 1 or len(widths) > 1:
-        meta["window_centers"] = centers
-        meta["window_widths"] = widths
-    if "WindowCenterWidthExplanation" in ds:
-        meta["window_explanation"] = str(ds.WindowCenterWidthExplanation)
-    if "VOILUTFunction" in ds:
-        meta["voi_lut_function"] = str(ds.VOILUTFunction)
-    if width <= 1:
-        return None
-    # PS3.3 C.11.2.1.2.1 linear window: values at or below low are black, above high white.
-    low = center - 0.5 - (width - 1) / 2
-    high = center - 0.5 + (width - 1) / 2
-    return (low, high)
 
 
 def _spacing(ds, meta: dict) -> tuple[float, float] | None:

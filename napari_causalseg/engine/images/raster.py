@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from .base import BoundedReader, ImageReadError, ImageTooLargeError, LoadedImage, ReadLimits, note
+from .base import (
+    BoundedReader,
+    ImageReadError,
+    ImageTooLargeError,
+    LoadedImage,
+    ReadLimits,
+    note,
+    one_line,
+)
 from .sniff import PNG_MAGIC, sniff_format
 
 # Modes Pillow decodes to, and how many bands / bytes per band the array will have.
@@ -144,7 +152,7 @@ def read_tiff(p: Path, limits: ReadLimits) -> LoadedImage:
         except ImageTooLargeError:
             raise
         except Exception as pil_exc:  # noqa: BLE001 - report tifffile's reason, it is the primary decoder
-            raise ImageReadError(f"{p}: cannot decode TIFF: {exc}") from pil_exc
+            raise ImageReadError(f"{p}: cannot decode TIFF: {one_line(exc)}") from pil_exc
         img.metadata["format"] = "tiff"
         img.metadata["decoder"] = "pillow"
         return img

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import NOT_DECODER_ERRORS, ImageReadError, LoadedImage, ReadLimits
+from .base import NOT_DECODER_ERRORS, ImageReadError, LoadedImage, ReadLimits, one_line
 from .dicom import dicom_shape, read_dicom
 from .raster import pil_shape, read_pil, read_tiff, tiff_shape
 from .sniff import sniff_format
@@ -44,6 +44,8 @@ def read_image(path: PathLike, limits: ReadLimits | None = None) -> LoadedImage:
     try:
         img = _READERS[fmt](p, limits)
         img.data = _check_layout(p, img.data)
+        if img.display is not None:
+            img.display = _check_layout(p, img.display)
     except ImageReadError:
         raise
     except MemoryError as exc:
@@ -52,7 +54,7 @@ def read_image(path: PathLike, limits: ReadLimits | None = None) -> LoadedImage:
     except NOT_DECODER_ERRORS:
         raise
     except BaseException as exc:  # noqa: BLE001 - decoders raise anything, even Rust panics (BaseException)
-        raise ImageReadError(f"{p}: cannot decode as {fmt.upper()}: {type(exc).__name__}: {exc}") from exc
+        raise ImageReadError(f"{p}: cannot decode as {fmt.upper()}: {type(exc).__name__}: {one_line(exc)}") from exc
     img.metadata.setdefault("format", fmt)
     img.metadata.setdefault("source_path", str(p))
     return img
@@ -103,7 +105,7 @@ def image_shape(path: PathLike, limits: ReadLimits | None = None) -> tuple[int, 
     except NOT_DECODER_ERRORS:
         raise
     except BaseException as exc:  # noqa: BLE001 - any header problem is the file's, named below
-        raise ImageReadError(f"{p}: cannot read the image header: {type(exc).__name__}: {exc}") from exc
+        raise ImageReadError(f"{p}: cannot read the image header: {type(exc).__name__}: {one_line(exc)}") from exc
 
 
 def to_gray(arr: np.ndarray, what: object = "<array>") -> np.ndarray:
