@@ -99,7 +99,7 @@ def _tiff_seeds() -> dict[str, bytes]:
 
 
 def _dicom_bytes(pixels, *, photometric="MONOCHROME2", frames=1, rle=False, window=None,
-                 rescale=None, implicit=False) -> bytes:
+                 rescale=None, implicit=False, voi=None) -> bytes:
     import numpy as np
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
@@ -126,6 +126,10 @@ def _dicom_bytes(pixels, *, photometric="MONOCHROME2", frames=1, rle=False, wind
         ds.WindowCenter, ds.WindowWidth = window
     if rescale is not None:
         ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if voi == "SIGMOID":
+        ds.VOILUTFunction = "SIGMOID"
+    elif voi == "LUT":
+        ds.VOILUTSequence = [_voi_lut_item()]
     ds.PixelSpacing = [0.139, 0.139]
     ds.PixelData = pixels.tobytes()
     if rle:
@@ -140,6 +144,15 @@ def _dicom_bytes(pixels, *, photometric="MONOCHROME2", frames=1, rle=False, wind
     return buf.getvalue()
 
 
+def _voi_lut_item():
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 12]
+    item.add_new(0x00283006, "OW", bytes(range(256)) * 2)  # 256 entries, little endian
+    return item
+
+
 def _dicom_seeds() -> dict[str, bytes]:
     import numpy as np
 
@@ -152,6 +165,8 @@ def _dicom_seeds() -> dict[str, bytes]:
         "dicom_frames": _dicom_bytes(rng.integers(0, 4096, (2, 6, 6), dtype=np.uint16), frames=2),
         "dicom_rle": _dicom_bytes(u16, rle=True),
         "dicom_implicit": _dicom_bytes(u16, implicit=True),
+        "dicom_sigmoid": _dicom_bytes(u16, window=(2048, 1000), voi="SIGMOID"),
+        "dicom_voilut": _dicom_bytes(u16, window=(2048, 1000), voi="LUT"),
     }
 
 
@@ -187,7 +202,7 @@ def _tiff_fields(data: bytes) -> list[tuple[int, int, str]]:
     return fields
 
 
-_DICOM_TAGS = (b"\x28\x00\x10\x00", b"\x28\x00\x11\x00", b"\x28\x00\x02\x00", b"\x28\x00\x00\x01",
+_DICOM_TAGS = (b"\x28\x00\x02\x30", b"\x28\x00\x56\x10", b"\x28\x00\x10\x00", b"\x28\x00\x11\x00", b"\x28\x00\x02\x00", b"\x28\x00\x00\x01",
                b"\x28\x00\x01\x01", b"\x28\x00\x08\x00", b"\x28\x00\x03\x01", b"\xe0\x7f\x10\x00",
                b"\x02\x00\x00\x00")
 
@@ -410,6 +425,8 @@ def _drain(proc, count: int, state: dict, timeout_s: float, budget_s: float | No
 
 
 def _record(state: dict, rec: dict) -> None:
+    if (rec["i"] + 1) % 10_000 == 0:
+        print(f"fuzz_readers: {rec['i'] + 1} inputs, {state['counts']}", file=sys.stderr, flush=True)
     state["counts"][rec["o"]] = state["counts"].get(rec["o"], 0) + 1
     if rec["o"] in ESCAPES:
         state["escapes"].append(rec)
