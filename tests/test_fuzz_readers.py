@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from benchmarks import fuzz_readers
+from benchmarks import fuzz_inputs, fuzz_readers
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and RLIMIT_AS")
 
@@ -34,7 +34,7 @@ def test_seeds_are_valid_and_mutations_deterministic(tmp_path):
     assert {name.split("_")[0] for name in seeds} == {"png", "jpeg", "tiff", "dicom"}
     fields = {k: fuzz_readers.header_fields(k, v) for k, v in seeds.items()}
     for name, data in seeds.items():
-        path = tmp_path / f"{name}{fuzz_readers._EXT[name.split('_')[0]]}"
+        path = tmp_path / f"{name}{fuzz_inputs.EXT[name.split('_')[0]]}"
         path.write_bytes(data)
         assert fuzz_readers.classify(path) == ("ok", ""), name
         assert fields[name] and all(0 <= off < len(data) for off, _, _ in fields[name]), name
