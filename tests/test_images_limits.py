@@ -255,3 +255,29 @@ def test_limit_check_runs_before_any_allocation(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, *map(str, files)], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_bounded_reader_never_asks_for_more_than_the_file_holds(tmp_path):
+    """Under a 1 GiB address-space cap, read(4 GiB) on a small file returns its bytes
+    instead of failing to allocate 4 GiB (what a plain file object does)."""
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("RLIMIT_AS and /proc are Linux only")
+    f = tmp_path / "small.bin"
+    f.write_bytes(b"0123456789")
+    code = (
+        "import resource, sys\n"
+        "from napari_causalseg.engine.images.base import BoundedReader\n"
+        "vm = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), vm + (1 << 30)))\n"
+        "with BoundedReader(sys.argv[1]) as fh:\n"
+        "    fh.seek(4)\n"
+        "    print(fh.read(4 << 30), fh.read(4 << 30), fh.read1(4 << 30))\n"
+        "try:\n"
+        "    open(sys.argv[1], 'rb').read(4 << 30)\n"
+        "except MemoryError:\n"
+        "    print('plain file: MemoryError')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:2] == ["b'456789' b'' b''", "plain file: MemoryError"], out.stderr[-1500:]

@@ -118,10 +118,16 @@ class BoundedReader(io.BufferedReader):
         super().__init__(io.FileIO(path, "rb"))
         self._size = os.fstat(self.fileno()).st_size
 
-    def read(self, size: int | None = -1, /) -> bytes:
+    def _bounded(self, size: int | None) -> int | None:
         if size is not None and size >= 0:
-            size = max(0, min(size, self._size - self.tell()))
-        return super().read(size)
+            return max(0, min(size, self._size - self.tell()))
+        return size
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        return super().read(self._bounded(size))
+
+    def read1(self, size: int = -1, /) -> bytes:
+        return super().read1(self._bounded(size))
 
 
 #: Exceptions a reader must let through; everything else a decoder raises becomes its error.
