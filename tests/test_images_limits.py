@@ -281,3 +281,16 @@ def test_bounded_reader_never_asks_for_more_than_the_file_holds(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code, str(f)], capture_output=True, text=True, timeout=60)
     assert out.stdout.split("\n")[:2] == ["b'456789' b'' b''", "plain file: MemoryError"], out.stderr[-1500:]
+
+
+def test_uncompressed_tiff_claiming_more_than_the_file_holds_is_refused_fast(tmp_path):
+    """Under the limits (32 MB) but in a 500-byte file: refused from the header, not decoded
+    (the fuzz found such a file taking 13 s to zero-fill and fail in tifffile, then Pillow)."""
+    import time
+
+    f = tiff_claiming_rows(tmp_path / "tall.tif", rows=2_000_000)
+    t0 = time.perf_counter()
+    for fn in (read_image, image_shape):
+        with pytest.raises(ImageReadError, match=r"2,000,000 x 16 uncompressed pixels .* truncated or corrupt"):
+            fn(f)
+    assert time.perf_counter() - t0 < 1.0

@@ -204,7 +204,16 @@ def _check_page(p: Path, page, limits: ReadLimits, n_pages: int) -> None:
     rows = int(page.imagelength) * max(int(page.imagedepth), 1)
     cols = int(page.imagewidth)
     other = math.prod(shape) // max(rows * cols, 1) if rows * cols else 1
-    limits.check(p, rows, cols, max(other, int(page.samplesperpixel)), np.dtype(dtype).itemsize, n_pages)
+    samples = max(other, int(page.samplesperpixel))
+    limits.check(p, rows, cols, samples, np.dtype(dtype).itemsize, n_pages)
+    if int(page.compression) == 1:  # uncompressed: every claimed pixel must be in the file
+        need = rows * math.ceil(cols * samples * int(page.bitspersample) / 8)
+        size = int(page.parent.filehandle.size)
+        if need > size:
+            # decoding it anyway allocates and zero-fills the whole claimed image first
+            raise ImageReadError(f"{p}: the header claims {rows:,} x {cols:,} uncompressed pixels "
+                                 f"({need:,} bytes) but the file holds {size:,} bytes: it is truncated "
+                                 "or corrupt")
 
 
 def _invert_miniswhite(data: np.ndarray, bits: int) -> np.ndarray:
