@@ -18,7 +18,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 from napari_causalseg import _reader
 from napari_causalseg.engine.images import MODALITY_VALUES_KEY, ImageReadError, read_image
 
-from .test_images import _stored_u16, make_dicom
+from .dicom_files import make_dicom
+from .test_images import _stored_u16
 
 
 def _dicom(tmp_path, name="voi.dcm", *, photometric="MONOCHROME2", slope=2, intercept=-1000, **attrs):

@@ -21,7 +21,8 @@ from napari.plugins import _npe2  # noqa: E402
 
 from napari_causalseg.engine.images import read_image  # noqa: E402
 
-from .test_images import _stored_u16, make_dicom  # noqa: E402
+from .dicom_files import make_dicom  # noqa: E402
+from .test_images import _stored_u16  # noqa: E402
 
 PLUGIN = "napari-causalseg"
 

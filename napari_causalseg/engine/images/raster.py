@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,37 @@ def _is_16bit_colour_png(p: Path) -> bool:
     return head.startswith(PNG_MAGIC) and len(head) == 26 and head[24] == 16 and head[25] in (2, 6)
 
 
+class _TifffileMessages(logging.Filter):
+    """tifffile logs what it finds odd in a file (to stderr when nothing is configured);
+    during a read in this thread those messages are collected instead, so a CLI error
+    stays one line and a read that succeeds can report them as notes."""
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        sink = getattr(self.local, "sink", None)
+        if sink is None:
+            return True
+        sink.append(record.getMessage())
+        return False
+
+
+_TIFFFILE_MESSAGES = _TifffileMessages()
+
+
+@contextlib.contextmanager
+def _collect_tifffile_messages():
+    log = logging.getLogger("tifffile")
+    if _TIFFFILE_MESSAGES not in log.filters:
+        log.addFilter(_TIFFFILE_MESSAGES)
+    sink: list[str] = []
+    _TIFFFILE_MESSAGES.local.sink = sink
+    try:
+        yield sink
+    finally:
+        _TIFFFILE_MESSAGES.local.sink = None
+
+
 def read_tiff(p: Path, limits: ReadLimits) -> LoadedImage:
     """First page through tifffile; Pillow when tifffile lacks the codec (LZW, JPEG).
 
@@ -134,7 +167,7 @@ def read_tiff(p: Path, limits: ReadLimits) -> LoadedImage:
 
     meta: dict[str, Any] = {}
     try:
-        with BoundedReader(p) as fh, tifffile.TiffFile(fh) as tif:
+        with _collect_tifffile_messages() as messages, BoundedReader(p) as fh, tifffile.TiffFile(fh) as tif:
             n_pages = len(tif.pages)
             page = tif.pages.first
             _check_page(p, page, limits, n_pages)
@@ -156,6 +189,8 @@ def read_tiff(p: Path, limits: ReadLimits) -> LoadedImage:
         img.metadata["format"] = "tiff"
         img.metadata["decoder"] = "pillow"
         return img
+    for text in dict.fromkeys(messages):  # once each, in order
+        note(meta, f"tifffile: {text}")
     if n_pages > 1:
         meta["n_pages"] = n_pages
         note(meta, f"multi-page TIFF with {n_pages} pages; only the first page was read")
@@ -189,7 +224,7 @@ def tiff_shape(p: Path, limits: ReadLimits) -> tuple[int, int]:
     """(rows, columns) of the first page from its IFD, refused like :func:`read_tiff`."""
     import tifffile
 
-    with BoundedReader(p) as fh, tifffile.TiffFile(fh) as tif:
+    with _collect_tifffile_messages(), BoundedReader(p) as fh, tifffile.TiffFile(fh) as tif:
         page = tif.pages.first
         _check_page(p, page, limits, 1)
         return int(page.imagelength), int(page.imagewidth)
