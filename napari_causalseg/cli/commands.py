@@ -75,7 +75,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             if outcome.error is not None or outcome.skipped:
                 if outcome.error is not None:
                     failures.append(outcome.error)
-                    tqdm.write(f"causalseg segment: error: {outcome.error}", file=sys.stderr)
+                    if len(plan.items) > 1:  # a lone image's error is the run's one line below
+                        tqdm.write(f"causalseg segment: error: {outcome.error}", file=sys.stderr)
                 results.append({"image": str(item.image), "mask": str(item.mask_path),
                                 "confounders": str(item.confounder_path), "skipped": outcome.skipped,
                                 "error": outcome.error})
@@ -90,6 +91,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
                             "agreement": agreement_report(read.data, result.mask, item.note)})
     print(json.dumps({"checkpoint": str(path) if path else None, "format": args.format, "note": args.note,
                       "results": results}, indent=2))
+    if len(failures) == len(plan.items) == 1:
+        raise CLIError(failures[0])
     if failures:
         raise CLIError(f"{len(failures)} of {len(plan.items)} image(s) failed; the first: {failures[0]}")
     return 0
