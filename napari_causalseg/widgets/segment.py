@@ -151,6 +151,8 @@ class SegmentWidget(Container):
         """Keep the picker in sync; a newly added image becomes the chosen one."""
         from napari.layers import Image
 
+        if getattr(event, "type", "") == "removed":  # a closed image's maps go with it
+            self.results.pop(getattr(event.value, "name", None), None)
         self.image.reset_choices()
         added = getattr(event, "value", None) if getattr(event, "type", "") == "inserted" else None
         if isinstance(added, Image) and SOURCE_KEY not in added.metadata:
@@ -162,6 +164,12 @@ class SegmentWidget(Container):
         kind = self.model.value
         path = Path(self.checkpoint.value) if kind == CHECKPOINT and str(self.checkpoint.value) not in ("", ".") else None
         return ModelSource(kind, path)
+
+    def set_note(self, note: str) -> None:
+        """Show the note of the image at hand (e.g. a data set's caption); like a note from
+        layer metadata, the next image's note replaces it unless the user edits it."""
+        self.note.value = note
+        self._prefilled_note = note
 
     def use_checkpoint(self, path: str | Path) -> None:
         """Swap in a checkpoint (e.g. from the Fine-tune widget) for the next Segment."""

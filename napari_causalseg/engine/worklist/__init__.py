@@ -5,7 +5,7 @@ Qt-free: the napari "Worklist" widget, a script or a notebook drive the same obj
 
 from .drafts import DraftStore
 from .items import ItemState, ScanConfig, WorklistError, WorklistItem, collect_items, scan_folder
-from .state import WorklistState, read_state, state_path
+from .state import WorklistState, read_state, recent_sources, state_path
 from .worklist import AlreadySavedError, Worklist
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "WorklistState",
     "collect_items",
     "read_state",
+    "recent_sources",
     "scan_folder",
     "state_path",
 ]

@@ -106,7 +106,8 @@ def dataset_items(root: Path, config: ScanConfig = ScanConfig()) -> tuple[list[W
             except ValueError:  # not below the root (cannot happen with the readers): absolute
                 key = path.as_posix()
             items.append(WorklistItem(key, path, caption=case.note))
-    return items, ds.layout, list(ds.warnings)
+    # how the readers split train/val does not matter to a worklist
+    return items, ds.layout, [w for w in ds.warnings if "val is the last" not in w]
 
 
 def _is_dataset(source: Path, annotations: Path) -> bool:

@@ -97,3 +97,28 @@ def write_state(path: Path, state: WorklistState) -> None:
         raise WorklistError(
             f"Cannot write the worklist state {path} ({exc}); check free space and write "
             "permission of the annotation folder.") from exc
+
+
+def recent_sources(annotations: Path) -> list[Path]:
+    """Sources with progress kept in ``annotations``, the most recently worked on first."""
+    folder = annotations / WORKLISTS_DIR
+    try:
+        files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+    found = []
+    for path in files:
+        if ".corrupt-" in path.name:
+            continue
+        state, _ = _peek(path)
+        if state is not None and Path(state.source).is_dir():
+            found.append(Path(state.source))
+    return found
+
+
+def _peek(path: Path) -> tuple[WorklistState | None, str | None]:
+    """Read without setting a damaged file aside (that is for the worklist that opens it)."""
+    try:
+        return WorklistState.from_dict(json.loads(path.read_bytes().decode("utf-8"))), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, WorklistError) as exc:
+        return None, str(exc)

@@ -175,15 +175,25 @@ class Worklist:
             self.drafts.put(item.key, mask)
             self._write()
 
+    def saved_case(self) -> Case | None:
+        """The current image's case in the annotation folder, if it is saved (and readable)."""
+        item = self.current
+        if item.state is not ItemState.SAVED or not item.case:
+            return None
+        try:
+            return self.store.case(item.case)
+        except ValueError:
+            return None  # removed or damaged by hand since: the image shows without a mask
+
     def mask(self) -> np.ndarray | None:
         """The current image's mask: the saved case's, else the kept draft, else None."""
-        item = self.current
-        if item.state is ItemState.SAVED and item.case:
+        case = self.saved_case()
+        if case is not None:
             try:
-                return load_mask(self.store.cases_dir / item.case / "mask.png")
+                return load_mask(case.mask_path)
             except ValueError:
-                return None  # removed by hand since: the image shows without a mask
-        return self.drafts.get(item.key)
+                return None
+        return None if self.current.state is ItemState.SAVED else self.drafts.get(self.current.key)
 
     def read_image(self) -> np.ndarray:
         """The current X-ray as stored in a case (2-D, RGB as luminance)."""
