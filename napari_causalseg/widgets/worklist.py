@@ -20,6 +20,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QSizePolicy
 
 from ..engine.data.readers import Case
 from ..engine.images import read_image
@@ -104,16 +105,22 @@ class WorklistWidget(Container):
         self.folder = FileEdit(label="Annotation folder", mode="d",
                                value=fine.folder.value if fine is not None else default_annotation_dir())
         self.open_button = PushButton(text="Open worklist")
-        self.progress = Label(value="No worklist open")
+        self.progress = Label(label="Progress", value="No worklist open")
         self.items = ComboBox(label="Image", choices=self._item_choices)  # napari resets choices
-        self.state = Label(value="")
+        self.state = Label(label="This image", value="")
         self.prev_button = PushButton(text="◀ Previous  [PgUp]")
         self.next_button = PushButton(text="Next ▶  [PgDn]")
         self.save_button = PushButton(text="Save and next  [Ctrl+Enter]")
         self.save_button.tooltip = ("Add the image, its lesion mask and note to the annotation folder, "
                                     "then go to the next image not yet saved")
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        for label in (self.progress, self.state, self.status):  # full rows, text from the left
+            label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         nav = Container(widgets=[self.prev_button, self.next_button], layout="horizontal", labels=False)
+        nav.margins = (0, 0, 0, 0)
+        for row in (self.progress, self.state, self.status, nav):
+            row.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.extend([self.source, self.read_as, self.folder, self.open_button, self.progress,
                      self.items, self.state, nav, self.save_button, self.status])
         for button in (self.prev_button, self.next_button, self.save_button):
@@ -334,8 +341,8 @@ class WorklistWidget(Container):
         if item.caption and seg is not None:
             seg.set_note(item.caption)
         self.viewer.reset_view()
-        notes = img.metadata.get("notes", [])
-        self.status.value = f"{item.image_path}" + (f" ({'; '.join(notes)})" if notes else "")
+        self.items.tooltip = str(item.image_path)
+        self.status.value = "; ".join(img.metadata.get("notes", []))  # e.g. "first of 3 frames"
         self._update_labels()
 
     def _layer_inserted(self, event: Any) -> None:
@@ -374,7 +381,7 @@ class WorklistWidget(Container):
         extra = [f"{counts[s]} {s.value}" for s in (ItemState.CORRECTED, ItemState.SEGMENTED) if counts[s]]
         with contextlib.suppress(RuntimeError):  # closed while a handler ran
             self.progress.value = " · ".join([wl.progress_text(), *extra])
-            self.state.value = f"Image {wl.index + 1} of {len(wl.items)}: {self._state_text()}"
+            self.state.value = self._state_text()
             for i in {wl.index, self.items.value} - {None}:
                 self.items.native.setItemText(i, self._item_text(i))
             self._choosing = True
