@@ -145,17 +145,26 @@ def test_closing_and_reopening_resumes_with_the_unsaved_mask(make_napari_viewer,
     widget.native.parent().destroyOnClose()  # the panel's close button
     assert widget.worklist is None
     assert coerce_keybinding("PageDown") not in viewer.keymap  # the keys are given back
-    for layer in list(viewer.layers):
-        viewer.layers.remove(layer)
+    assert [lyr.name for lyr in viewer.layers] == ["img10", "img10 lesion"]  # left to the user
 
-    again = WorklistWidget(viewer)
-    viewer.window.add_dock_widget(again, name="Worklist")
-    again.folder.value = ann
-    assert Path(again.source.value) == study.resolve()  # the last worklist, prefilled
-    assert again.open() is not None
-    assert again.progress.value == "1 of 4 saved · 1 corrected"
-    assert again.state.value == "corrected (not saved)" and again.items.value == 1
-    np.testing.assert_array_equal(viewer.layers["img10 lesion"].data, drawn)
+    def reopen() -> WorklistWidget:
+        again = WorklistWidget(viewer)
+        viewer.window.add_dock_widget(again, name="Worklist")
+        again.folder.value = ann
+        assert Path(again.source.value) == study.resolve()  # the last worklist, prefilled
+        assert again.open() is not None
+        assert again.progress.value == "1 of 4 saved · 1 corrected"
+        assert again.state.value == "corrected (not saved)" and again.items.value == 1
+        np.testing.assert_array_equal(viewer.layers["img10 lesion"].data, drawn)
+        return again
+
+    again = reopen()  # the open image and its mask are taken over, not opened twice
+    assert [lyr.name for lyr in viewer.layers] == ["img10", "img10 lesion"]
+    again.native.parent().destroyOnClose()
+    for layer in list(viewer.layers):  # as after restarting napari
+        viewer.layers.remove(layer)
+    reopen()  # the kept mask comes back from the annotation folder
+    assert [lyr.name for lyr in viewer.layers] == ["img10", "img10 lesion"]
 
 
 def test_strokes_are_kept_within_seconds_in_case_napari_dies(make_napari_viewer, qtbot, study, ann):

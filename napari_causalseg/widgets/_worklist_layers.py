@@ -9,7 +9,7 @@ import numpy as np
 
 from .._reader import _to_layer
 from ..engine.images import LoadedImage
-from ..engine.worklist import ItemState, Worklist
+from ..engine.worklist import ItemState, Worklist, WorklistError
 from ._layers import LESION_SUFFIX, MASK_HASH_KEY, NOTE_KEY, SOURCE_KEY, mask_hash
 
 WORKLIST_KEY = "causalseg_worklist"  # image layer metadata: {"source", "image"} of its item
@@ -30,6 +30,13 @@ def add_image_layer(viewer: Any, wl: Worklist, img: LoadedImage) -> Any:
     if item.caption:
         kwargs["metadata"][NOTE_KEY] = item.caption
     return viewer.add_image(data, **kwargs)
+
+
+def open_image_layer(viewer: Any, wl: Worklist) -> Any | None:
+    """The current item's layer if one is open already (e.g. left by a closed Worklist
+    panel, with the user's lesion layer beside it), so reopening adopts it."""
+    tag = {"source": str(wl.source), "image": wl.current.key}
+    return next((layer for layer in viewer.layers if layer.metadata.get(WORKLIST_KEY) == tag), None)
 
 
 def add_mask_layer(viewer: Any, image_layer: Any, mask: np.ndarray, state: ItemState,
@@ -57,6 +64,15 @@ def lesion_layers(viewer: Any, image_layer: Any | None) -> list[Any]:
     name = image_layer.name
     return [layer for layer in viewer.layers if isinstance(layer, Labels) and (
         (layer.metadata.get(SOURCE_KEY) or {}).get("image") == name or layer.name == name + LESION_SUFFIX)]
+
+
+def note_for(lesion: Any, typed: str, caption: str) -> str:
+    """The note the mask was made from, else the one typed, else the data set's caption."""
+    source = lesion.metadata.get(SOURCE_KEY) or {}
+    for note in (lesion.metadata.get(NOTE_KEY), source.get("note"), typed, caption):
+        if note and str(note).strip():
+            return str(note).strip()
+    raise WorklistError("no note for this image: type it in 'Segment from note'")
 
 
 def remove_image_layers(viewer: Any, image_layer: Any) -> None:

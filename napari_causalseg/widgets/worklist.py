@@ -12,14 +12,13 @@ metadata, as the sample data's note does.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QSizePolicy
 
 from ..engine.data.readers import Case
@@ -28,17 +27,19 @@ from ..engine.worklist import ItemState, ScanConfig, Worklist, WorklistError, re
 from ._layers import (
     LESION_SUFFIX,
     MASK_HASH_KEY,
-    NOTE_KEY,
     SOURCE_KEY,
     image_array,
     mask_hash,
     user_edited,
 )
+from ._panel import PanelWatcher, ViewerShortcuts, settle_timer
 from ._worklist_layers import (
     add_image_layer,
     add_mask_layer,
     dock_widget,
     lesion_layers,
+    note_for,
+    open_image_layer,
     remove_image_layers,
 )
 from .finetune import FineTuneWidget, default_annotation_dir
@@ -54,33 +55,6 @@ _STATE_TEXT = {ItemState.NEW: "new", ItemState.SEGMENTED: "segmented by the mode
 _MARK = {ItemState.NEW: " ", ItemState.SEGMENTED: "○", ItemState.CORRECTED: "●", ItemState.SAVED: "✓"}
 
 
-def _timer(ms: int, slot: Any) -> QTimer:
-    """A single-shot timer that restarts on every start(): runs once things settle."""
-    timer = QTimer()
-    timer.setSingleShot(True)
-    timer.setInterval(ms)
-    timer.timeout.connect(slot)
-    return timer
-
-
-class _DockWatcher(QObject):
-    """Undocked (the panel's close button): close the worklist and free the keys.
-    Hidden (napari closing, panel hidden): keep the unsaved mask."""
-
-    def __init__(self, widget: WorklistWidget):
-        super().__init__()
-        self._widget = weakref.ref(widget)
-
-    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
-        widget = self._widget()
-        if widget is not None:
-            if event.type() == QEvent.Type.ParentChange:
-                widget.close_worklist() if obj.parent() is None else widget.bind_keys()
-            elif event.type() == QEvent.Type.Hide:
-                widget.keep_draft()
-        return False
-
-
 class WorklistWidget(Container):
     """Dock widget: Previous / Next / Save and next through a study set."""
 
@@ -90,10 +64,10 @@ class WorklistWidget(Container):
         self._segment_widget = segment_widget
         self.worklist: Worklist | None = None
         self.image_layer: Any | None = None
-        self._bound: dict[str, tuple[Any, Any]] = {}
+        self.shortcuts = ViewerShortcuts(viewer, {key: getattr(self, name) for key, name in SHORTCUTS.items()})
         self._choosing = False
-        self._check = _timer(150, self.refresh_state)  # the state follows painting, not each pixel
-        self._autosave = _timer(2000, self.keep_draft)  # a crash loses at most the last strokes
+        self._check = settle_timer(150, self.refresh_state)  # the state follows painting, not each pixel
+        self._autosave = settle_timer(2000, self.keep_draft)  # a crash loses at most the last strokes
 
         self.source = FileEdit(label="X-rays", mode="d")
         self.source.tooltip = ("A folder of X-rays (PNG, JPEG, TIFF, DICOM with or without extension; "
@@ -134,10 +108,10 @@ class WorklistWidget(Container):
         self.items.changed.connect(self._item_chosen)
         self.folder.changed.connect(lambda _: self._suggest_source())
         viewer.layers.events.inserted.connect(self._layer_inserted)
-        self._watcher = _DockWatcher(self)
+        self._watcher = PanelWatcher(self)  # closing the panel closes the worklist
         self.native.installEventFilter(self._watcher)
         self._suggest_source()
-        self.bind_keys()
+        self.shortcuts.bind()
 
     # cooperation ----------------------------------------------------------------
     @property
@@ -155,25 +129,15 @@ class WorklistWidget(Container):
             if recent:
                 self.source.value = recent[0]
 
-    # keys -----------------------------------------------------------------------
-    def bind_keys(self) -> None:
-        """Bind the shortcuts on this viewer, remembering what they replace."""
-        if self._bound:
-            return
-        for key, method in SHORTCUTS.items():
-            def handler(_viewer, method=method):
-                getattr(self, method)()
+    # panel life ---------------------------------------------------------------------
+    def on_dock(self) -> None:
+        self.shortcuts.bind()
 
-            self._bound[key] = (handler, self.viewer.bind_key(key, handler, overwrite=True))
+    def on_undock(self) -> None:
+        self.close_worklist()
 
-    def unbind_keys(self) -> None:
-        """Give the keys back (only those still bound to this widget)."""
-        from napari.utils.key_bindings import coerce_keybinding
-
-        for key, (handler, previous) in self._bound.items():
-            if self.viewer.keymap.get(coerce_keybinding(key)) is handler:
-                self.viewer.bind_key(key, previous, overwrite=True)
-        self._bound.clear()
+    def on_hide(self) -> None:
+        self.keep_draft()
 
     # opening --------------------------------------------------------------------
     def open(self) -> Worklist | None:
@@ -200,7 +164,7 @@ class WorklistWidget(Container):
     def close_worklist(self) -> None:
         """Keep the unsaved mask, free the keys; the layers stay for the user."""
         self.keep_draft()
-        self.unbind_keys()
+        self.shortcuts.unbind()
         self.worklist, self.image_layer = None, None
         self._enable(False)
 
@@ -267,20 +231,12 @@ class WorklistWidget(Container):
                 f"nothing to save for {wl.current.key}: press Segment in 'Segment from note', or "
                 f"draw the lesion in a Labels layer named '{layer.name}{LESION_SUFFIX}'")
         source = lesion.metadata.get(SOURCE_KEY) or {}
-        case = wl.save(np.asarray(lesion.data) > 0, self._note_for(lesion), image=image_array(layer),
+        seg = self.segment_widget
+        note = note_for(lesion, seg.note.value if seg is not None else "", wl.current.caption)
+        case = wl.save(np.asarray(lesion.data) > 0, note, image=image_array(layer),
                        meta={"model": source.get("model"), "labels_layer": lesion.name})
         lesion.metadata[MASK_HASH_KEY] = mask_hash(np.asarray(lesion.data))  # as saved: unedited
         return case
-
-    def _note_for(self, lesion: Any) -> str:
-        """The note the mask was made from, else the one typed, else the data set's."""
-        source = lesion.metadata.get(SOURCE_KEY) or {}
-        seg = self.segment_widget
-        typed = seg.note.value.strip() if seg is not None else ""
-        for note in (lesion.metadata.get(NOTE_KEY), source.get("note"), typed, self.worklist.current.caption):
-            if note and str(note).strip():
-                return str(note).strip()
-        raise WorklistError("no note for this image: type it in 'Segment from note'")
 
     # the current image's layers ----------------------------------------------------
     def lesion_layers(self) -> list[Any]:
@@ -324,26 +280,32 @@ class WorklistWidget(Container):
         return True
 
     def _show_current(self) -> None:
+        """Open the current image (or adopt it when open already) with its saved or kept mask."""
         wl = self.worklist
         item = wl.current
-        try:
-            img = read_image(item.image_path)
-            mask = wl.mask()
-        except ValueError as exc:
-            self._error(f"Cannot show image {wl.index + 1} ({item.key}); go on with Next", exc)
-            self._update_labels()
-            return
-        self.image_layer = layer = add_image_layer(self.viewer, wl, img)
-        if mask is not None:
-            case = wl.saved_case()
-            add_mask_layer(self.viewer, layer, mask, item.state, case.note if case is not None else None)
+        self.image_layer = open_image_layer(self.viewer, wl)
+        if self.image_layer is not None:  # with its lesion layers, as the user left them
+            for layer in self.lesion_layers():
+                self._follow(layer)
+        else:
+            try:
+                img = read_image(item.image_path)
+                mask = wl.mask()
+            except ValueError as exc:
+                self._error(f"Cannot show image {wl.index + 1} ({item.key}); go on with Next", exc)
+                self._update_labels()
+                return
+            self.image_layer = layer = add_image_layer(self.viewer, wl, img)
+            if mask is not None:
+                case = wl.saved_case()
+                add_mask_layer(self.viewer, layer, mask, item.state, case.note if case is not None else None)
+            self.viewer.reset_view()
+            self.status.value = "; ".join(img.metadata.get("notes", []))  # e.g. "first of 3 frames"
         seg = self.segment_widget
         if item.caption and seg is not None:
             seg.set_note(item.caption)
-        self.viewer.reset_view()
         self.items.tooltip = str(item.image_path)
-        self.status.value = "; ".join(img.metadata.get("notes", []))  # e.g. "first of 3 frames"
-        self._update_labels()
+        self.refresh_state()
 
     def _layer_inserted(self, event: Any) -> None:
         """Follow edits of Labels layers (Segment from note names its layer's image only
@@ -351,9 +313,12 @@ class WorklistWidget(Container):
         from napari.layers import Labels
 
         if isinstance(event.value, Labels):
-            event.value.events.paint.connect(self._edited)
-            event.value.events.data.connect(self._edited)
-            self._edited()
+            self._follow(event.value)
+
+    def _follow(self, labels: Any) -> None:
+        labels.events.paint.connect(self._edited)
+        labels.events.data.connect(self._edited)
+        self._edited()
 
     def _edited(self, _event: Any = None) -> None:
         if self.worklist is not None:
