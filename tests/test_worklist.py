@@ -42,6 +42,13 @@ def make_study(root: Path) -> Path:
     (root / "series").mkdir(parents=True)
     make_dicom(root / "series" / DICOM_NAME, (xx * 50).astype(np.uint16))
     (root / "README.txt").write_text("not an image")
+    report = make_dicom(root / "series" / "report", (xx * 50).astype(np.uint16))
+    import pydicom
+
+    ds = pydicom.dcmread(report)  # a DICOM object without an image, as PACS exports hold
+    for tag in ("Rows", "Columns", "PixelData"):
+        delattr(ds, tag)
+    ds.save_as(report)
     _png(root / ".hidden.png", np.zeros((4, 4), np.uint8))
     _png(root / "mask_img2.png", np.zeros((40, 48), np.uint8))
     _png(root / "labelcol" / "mask_img10.png", np.zeros((40, 48), np.uint8))
@@ -88,6 +95,7 @@ def test_folder_gives_every_readable_image_in_natural_order(study):
     assert again.kind == "folder" and all(i.caption == "" for i in again.items)
     assert again.items[3].name == DICOM_NAME and again.items[0].name == "img2"
     assert again.items[0].state is ItemState.SAVED
+    assert len(again.warnings) == 1 and "1 DICOM file(s)" in again.warnings[0]
 
 
 def test_data_set_captions_become_notes(tmp_path, ann):
@@ -238,7 +246,8 @@ def test_a_damaged_state_file_is_set_aside_and_progress_rebuilt(study, ann):
     wl.keep_draft(box_mask((40, 48), 2))
     wl.state_path.write_text('{"version": 1, "items": ')  # truncated by hand or by a bad disk
     again = Worklist.open(study, ann)
-    assert len(again.warnings) == 1 and "damaged" in again.warnings[0]
+    damaged = [text for text in again.warnings if text.startswith("The worklist state")]
+    assert len(damaged) == 1 and "progress was rebuilt" in damaged[0]
     backups = list(wl.state_path.parent.glob("*.corrupt-*.json"))
     assert len(backups) == 1 and backups[0].read_text() == '{"version": 1, "items": '
     assert [i.state for i in again.items[:2]] == [ItemState.SAVED, ItemState.CORRECTED]

@@ -17,7 +17,7 @@ from enum import Enum
 from pathlib import Path
 
 from ..data.readers import DatasetError, detect_layout, open_dataset
-from ..images import IMAGE_EXTENSIONS, can_read
+from ..images import IMAGE_EXTENSIONS, ImageReadError, image_shape, sniff_format
 
 KINDS = ("auto", "folder", "dataset")
 _DIGITS = re.compile(r"(\d+)")
@@ -73,9 +73,25 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def scan_folder(folder: Path, exclude: Path | None = None, config: ScanConfig = ScanConfig()) -> list[WorklistItem]:
-    """Every readable image under ``folder``, sorted naturally by relative path."""
+def _is_image(path: Path) -> bool | None:
+    """True for an image file, None for a DICOM object without an image (a report, a
+    presentation state), False for anything else; reads a DICOM header, not its pixels."""
+    fmt = sniff_format(path)
+    if fmt != "dicom":
+        return fmt is not None
+    try:
+        image_shape(path)
+    except ImageReadError:
+        return None
+    return True
+
+
+def scan_folder(folder: Path, exclude: Path | None = None, config: ScanConfig = ScanConfig(),
+                warnings: list[str] | None = None) -> list[WorklistItem]:
+    """Every readable image under ``folder``, sorted naturally by relative path; DICOM
+    objects without an image are counted in ``warnings``."""
     found: list[str] = []
+    no_image = 0
     mask_dirs = {d.lower() for d in config.mask_dirs}
     for top, dirs, files in os.walk(folder, onerror=None, followlinks=False):
         here = Path(top)
@@ -84,12 +100,17 @@ def scan_folder(folder: Path, exclude: Path | None = None, config: ScanConfig = 
         for f in files:
             if f.startswith(".") or f.lower().startswith("mask_") or f.upper() == "DICOMDIR":
                 continue
-            if can_read(here / f):
+            kind = _is_image(here / f)
+            no_image += kind is None
+            if kind:
                 found.append((here / f).relative_to(folder).as_posix())
                 if len(found) > config.max_items:
                     raise WorklistError(
                         f"{folder} holds more than {config.max_items} images; choose the folder "
                         "of the study set itself.")
+    if no_image and warnings is not None:
+        warnings.append(f"{no_image} DICOM file(s) in {folder} hold no image (reports, presentation "
+                        "states) and were left out.")
     found.sort(key=lambda k: tuple(natural_key(part) for part in k.split("/")))
     return [WorklistItem(key, folder / key) for key in found]
 
@@ -130,13 +151,13 @@ def collect_items(source: Path, annotations: Path, config: ScanConfig = ScanConf
         raise WorklistError(
             f"{source} is inside the annotation folder {annotations}: choose the X-rays to annotate, "
             "or another annotation folder.")
-    if config.kind == "dataset" or (config.kind == "auto" and config.layout is None
-                                    and _is_dataset(source, annotations)) or config.layout:
+    if config.kind == "dataset" or config.layout or (config.kind == "auto" and _is_dataset(source, annotations)):
         items, layout, warnings = dataset_items(source, config)
         return items, "dataset", layout, warnings
-    items = scan_folder(source, exclude=annotations, config=config)
+    warnings: list[str] = []
+    items = scan_folder(source, exclude=annotations, config=config, warnings=warnings)
     if not items:
         raise WorklistError(
             f"{source} holds no image this plugin reads (PNG, JPEG, TIFF, BMP or DICOM, with or "
             "without extension) and no data set in a known layout.")
-    return items, "folder", None, []
+    return items, "folder", None, warnings
