@@ -159,6 +159,9 @@ def test_closing_and_reopening_resumes_with_the_unsaved_mask(make_napari_viewer,
         return again
 
     again = reopen()  # the open image and its mask are taken over, not opened twice
+    assert again.open() is not None  # opening again in the same panel: the same
+    assert again.state.value == "corrected (not saved)"
+    np.testing.assert_array_equal(viewer.layers["img10 lesion"].data, drawn)
     assert [lyr.name for lyr in viewer.layers] == ["img10", "img10 lesion"]
     again.native.parent().destroyOnClose()
     for layer in list(viewer.layers):  # as after restarting napari
@@ -173,7 +176,13 @@ def test_strokes_are_kept_within_seconds_in_case_napari_dies(make_napari_viewer,
     viewer = make_napari_viewer()
     widget = docked_worklist(viewer, study, ann)
     drawn = draw(viewer, "img2").data.copy()
+    assert widget.open() is not None  # opened again at once: the strokes come along
+    assert widget.state.value == "corrected (not saved)"
+    np.testing.assert_array_equal(viewer.layers["img2 lesion"].data, drawn)
+    draw(viewer, "img2", box=(slice(30, 32), slice(30, 32)))
+    drawn = viewer.layers["img2 lesion"].data.copy()
     qtbot.waitUntil(lambda: widget.worklist.drafts.has("img2.png"), timeout=10_000)
+    qtbot.waitUntil(lambda: (widget.worklist.drafts.get("img2.png") == (drawn > 0)).all(), timeout=10_000)
     after_crash = Worklist.open(study, ann)  # what a new session finds, napari never closed
     assert after_crash.current.state is ItemState.CORRECTED
     np.testing.assert_array_equal(after_crash.mask(), drawn > 0)

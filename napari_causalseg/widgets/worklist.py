@@ -142,13 +142,14 @@ class WorklistWidget(Container):
     # opening --------------------------------------------------------------------
     def open(self) -> Worklist | None:
         """Open (or resume) the worklist of the chosen source; returns it (tests use it)."""
+        if not self.keep_draft():  # first, so that reopening the same source reads it back
+            return None
         try:
             wl = Worklist.open(self.source.value, self.folder.value, ScanConfig(kind=self.read_as.value))
         except (ValueError, OSError) as exc:
             self._error("Cannot open the worklist", exc)
             return None
-        if not self._leave():
-            return None
+        self._leave()
         self.worklist = wl
         for text in wl.warnings:
             show_warning(text)
