@@ -10,7 +10,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_causalseg.engine.data.readers import DatasetError, load_mask, open_dataset
+from napari_causalseg.engine.data.cases import DatasetError, load_mask
+from napari_causalseg.engine.data.layouts import open_dataset
 from napari_causalseg.engine.worklist import (
     AlreadySavedError,
     ItemState,
@@ -19,7 +20,7 @@ from napari_causalseg.engine.worklist import (
     WorklistError,
 )
 
-from .test_images import make_dicom
+from .dicom_files import make_dicom
 
 NOTE = "Unilateral pulmonary infection, one infected area, lower right lung."
 DICOM_NAME = "1.2.840.113619.2.55"  # UID-named, no extension
@@ -219,7 +220,7 @@ def test_a_crash_between_case_and_state_loses_nothing(study, ann, monkeypatch):
 
 
 def test_a_crash_while_writing_the_case_leaves_the_draft(study, ann, monkeypatch):
-    from napari_causalseg.engine.data import readers
+    from napari_causalseg.engine.data import annotations
 
     wl = Worklist.open(study, ann)
     wl.mark(ItemState.CORRECTED)
@@ -228,7 +229,7 @@ def test_a_crash_while_writing_the_case_leaves_the_draft(study, ann, monkeypatch
     def disk_full(*_a, **_k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(readers, "_write_mask", disk_full)
+    monkeypatch.setattr(annotations, "_write_mask", disk_full)
     with pytest.raises(DatasetError, match="No space left"):
         wl.save(box_mask((40, 48)), NOTE)
     monkeypatch.undo()

@@ -10,21 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("napari")
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("wait_for_workers")]
 
 from qtpy.QtCore import Qt  # noqa: E402
 
-from napari_causalseg.engine import CausalCLIPSeg, get_config, save_checkpoint  # noqa: E402
-from napari_causalseg.engine.data.readers import AnnotationStore, load_image, load_mask  # noqa: E402
-from napari_causalseg.engine.sources import CHECKPOINT  # noqa: E402
+from napari_causalseg.engine.data.annotations import AnnotationStore  # noqa: E402
+from napari_causalseg.engine.data.cases import load_image, load_mask  # noqa: E402
 from napari_causalseg.engine.worklist import ItemState  # noqa: E402
 from napari_causalseg.widgets import SegmentWidget, WorklistWidget  # noqa: E402
 
-from .test_widgets import ARTIFACTS  # noqa: E402
 from .test_worklist import NOTE, make_sgseg, make_study  # noqa: E402
+from .widget_helpers import ARTIFACTS, prepared_widget, segment_and_wait  # noqa: E402
 
 
 @pytest.fixture
@@ -214,25 +212,14 @@ def test_data_set_captions_reach_segment_from_note(make_napari_viewer, tmp_path,
     assert seg.note.value == f"{NOTE} (train 1)"  # the next image's own caption
 
 
-@pytest.fixture
-def tiny_checkpoint(tmp_path) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path / "models" / "tiny.safetensors"
-    save_checkpoint(path, CausalCLIPSeg(get_config("tiny")), {"note": "random test model"})
-    return path
-
-
 def test_segmented_then_corrected_then_saved_with_the_models_note(
     make_napari_viewer, qtbot, study, ann, tiny_checkpoint
 ):
     viewer = make_napari_viewer()
-    seg = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(seg, name="Segment from note")
-    seg.checkpoint.value, seg.model.value, seg.device.value = tiny_checkpoint, CHECKPOINT, "cpu"
+    seg = prepared_widget(viewer, tiny_checkpoint)
     widget = docked_worklist(viewer, study, ann)
     seg.note.value = NOTE
-    assert seg.segment() is not None
-    qtbot.waitUntil(lambda: not seg._workers, timeout=120_000)
+    segment_and_wait(qtbot, seg)
     qtbot.waitUntil(lambda: widget.worklist.current.state is ItemState.SEGMENTED, timeout=5000)
     assert "segmented by the model" in widget.state.value
     box = (slice(0, 3), slice(0, 3))

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from .._layer_meta import MASK_HASH_KEY, NOTE_KEY, SOURCE_KEY, mask_hash
 from .._reader import _to_layer
 from ..engine.images import LoadedImage
 from ..engine.worklist import ItemState, Worklist, WorklistError
-from ._layers import LESION_SUFFIX, MASK_HASH_KEY, NOTE_KEY, SOURCE_KEY, mask_hash
+from ._layers import LESION_SUFFIX
 
 WORKLIST_KEY = "causalseg_worklist"  # image layer metadata: {"source", "image"} of its item
 
@@ -47,7 +48,8 @@ def add_mask_layer(viewer: Any, image_layer: Any, mask: np.ndarray, state: ItemS
     labels = viewer.add_labels(data, name=image_layer.name + LESION_SUFFIX,
                                scale=image_layer.scale[-2:], translate=image_layer.translate[-2:])
     origin = "saved case" if state is ItemState.SAVED else "kept mask"
-    labels.metadata[SOURCE_KEY] = {"image": image_layer.name, "model": origin}
+    labels.metadata[SOURCE_KEY] = {"image": image_layer.name, "model": origin,
+                                   "source_path": image_layer.metadata.get("source_path")}
     if note:
         labels.metadata[NOTE_KEY] = note
     if state is not ItemState.CORRECTED:

@@ -21,17 +21,11 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QSizePolicy
 
-from ..engine.data.readers import Case
+from .._layer_meta import MASK_HASH_KEY, SOURCE_KEY, mask_hash
+from ..engine.data.cases import Case
 from ..engine.images import read_image
 from ..engine.worklist import ItemState, ScanConfig, Worklist, WorklistError, recent_sources
-from ._layers import (
-    LESION_SUFFIX,
-    MASK_HASH_KEY,
-    SOURCE_KEY,
-    image_array,
-    mask_hash,
-    user_edited,
-)
+from ._layers import LESION_SUFFIX, image_array, user_edited
 from ._panel import PanelWatcher, ViewerShortcuts, settle_timer
 from ._worklist_layers import (
     add_image_layer,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ..data.readers import DatasetError, detect_layout, open_dataset
+from ..data.cases import DatasetError
+from ..data.layouts import detect_layout, open_dataset
 from ..images import IMAGE_EXTENSIONS, ImageReadError, image_shape, sniff_format
 
 KINDS = ("auto", "folder", "dataset")

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.readers import AnnotationStore, Case, load_mask, safe_case_name
+from ..data.annotations import AnnotationStore, safe_case_name
+from ..data.cases import Case, load_mask
 from ..images import ImageReadError, read_image, to_gray
 from .drafts import DraftStore
 from .items import ItemState, ScanConfig, WorklistError, WorklistItem, collect_items
