@@ -19,7 +19,7 @@ from qtpy.QtCore import Qt  # noqa: E402
 from napari_causalseg.engine.data.annotations import AnnotationStore  # noqa: E402
 from napari_causalseg.engine.data.cases import load_image, load_mask  # noqa: E402
 from napari_causalseg.engine.worklist import ItemState  # noqa: E402
-from napari_causalseg.widgets import SegmentWidget, WorklistWidget  # noqa: E402
+from napari_causalseg.widgets import FineTuneWidget, SegmentWidget, WorklistWidget  # noqa: E402
 
 from .test_worklist import NOTE, make_sgseg, make_study  # noqa: E402
 from .widget_helpers import ARTIFACTS, prepared_widget, segment_and_wait  # noqa: E402
@@ -93,9 +93,14 @@ def test_save_and_next_writes_the_case_and_counts(make_napari_viewer, qtbot, stu
     seg = SegmentWidget(viewer)
     viewer.window.add_dock_widget(seg, name="Segment from note")
     seg.note.value = NOTE
+    fine = FineTuneWidget(viewer)
+    fine.folder.value = ann
+    viewer.window.add_dock_widget(fine, name="Fine-tune")
     expected = np.asarray(labels.data) > 0
     case = widget.save_and_next()
     assert case is not None and case.note == NOTE
+    assert fine.cases.choices == (case.name,)  # Fine-tune lists it at once
+    assert WorklistWidget(viewer).folder.value == ann  # a new panel takes Fine-tune's folder
     np.testing.assert_array_equal(load_mask(case.mask_path), expected)
     np.testing.assert_array_equal(load_image(case.image_path), load_image(study / "img2.png"))
     assert widget.progress.value == "1 of 4 saved"

@@ -68,7 +68,9 @@ class FineTuneWidget(Container):
         self.image = ComboBox(label="Image", choices=self._layers_of("Image"), nullable=True)
         self.labels = ComboBox(label="Corrected mask", choices=self._layers_of("Labels"), nullable=True)
         self.add_button = PushButton(text="Add case")
-        self.cases = Select(label="Cases", choices=[], allow_multiple=True)
+        self._case_choices: list[tuple[str, str]] = []
+        # a callable: napari resets a docked widget's choices on every layer change
+        self.cases = Select(label="Cases", choices=lambda _w=None: self._case_choices, allow_multiple=True)
         self.minutes = FloatSpinBox(label="Time budget (min)", min=0.5, max=24 * 60, step=0.5, value=5.0)
         self.epochs = SpinBox(label="Epochs", min=0, max=2000, value=0)
         self.epochs.native.setSpecialValueText("auto (the time budget decides)")
@@ -150,8 +152,9 @@ class FineTuneWidget(Container):
             self.status.value = f"Annotation folder unusable: {exc}"
             return []
         splits = self.store.splits()
-        self.cases.choices = [(f"{c.name} (validation)" if splits[c.name] == "val" else c.name, c.name)
+        self._case_choices = [(f"{c.name} (validation)" if splits[c.name] == "val" else c.name, c.name)
                               for c in cases]
+        self.cases.reset_choices()
         self.status.value = f"{len(cases)} case(s) in {self.folder.value}"
         return cases
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 SHORTCUTS = {"PageDown": "next", "PageUp": "previous", "Control-Enter": "save_and_next"}
 _STATE_TEXT = {ItemState.NEW: "new", ItemState.SEGMENTED: "segmented by the model (not saved)",
                ItemState.CORRECTED: "corrected (not saved)", ItemState.SAVED: "saved"}
-_MARK = {ItemState.NEW: " ", ItemState.SEGMENTED: "○", ItemState.CORRECTED: "●", ItemState.SAVED: "✓"}
+_MARK = {ItemState.NEW: "○", ItemState.SEGMENTED: "◐", ItemState.CORRECTED: "●", ItemState.SAVED: "✓"}
 
 
 class WorklistWidget(Container):
