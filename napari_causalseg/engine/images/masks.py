@@ -42,15 +42,7 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, spacing: Spacing = Non
     TIFF resolution tags; PNG does not keep it.
     """
     p, ext = _checked_target(path)
-    arr = label_array(p, mask, ext)
-    spacing = check_spacing(spacing)
-
-    def encode(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            _encode_mask(fh, arr, ext, spacing)
-
-    atomic_write(p, encode, overwrite)
-    return str(p)
+    return _write_encoded(p, label_array(p, mask, ext), ext, spacing, overwrite)
 
 
 def write_probability(path: str | os.PathLike, probability: np.ndarray, spacing: Spacing = None,
@@ -59,6 +51,11 @@ def write_probability(path: str | os.PathLike, probability: np.ndarray, spacing:
     p, ext = _checked_target(path)
     prob = probability_array(p, probability)
     arr = prob if ext != ".png" else np.rint(prob * 255).astype(np.uint8)
+    return _write_encoded(p, arr, ext, spacing, overwrite)
+
+
+def _write_encoded(p: Path, arr: np.ndarray, ext: str, spacing: Spacing, overwrite: bool) -> str:
+    """Encode to a temporary file beside `p`, then rename it into place."""
     spacing = check_spacing(spacing)
 
     def encode(tmp: Path) -> None:
