@@ -7,7 +7,7 @@ import torch
 
 from napari_causalseg.engine import NoteTokenizer, text_inference
 from napari_causalseg.engine.notes import HEALTHY_NOTE, all_notes
-from napari_causalseg.engine.text_inference import encode_text
+from napari_causalseg.engine.text_inference import PackedTextTower, encode_text
 from napari_causalseg.engine.text_transformer import TextTransformer
 
 LONG = ("Bilateral pulmonary infection, six infected areas, upper middle lower left lung and upper "
@@ -81,3 +81,16 @@ def test_it_follows_weight_changes_and_keeps_gradients():
 def test_too_many_tokens_are_refused():
     with pytest.raises(ValueError, match="25 tokens for a context of 20"):
         encode_text(text_tower(), torch.zeros(1, 25, dtype=torch.long))
+
+
+@pytest.mark.skipif(not PackedTextTower.available(text_tower(layers=1)), reason="no oneDNN in this torch build")
+def test_packed_weights_give_the_same_tau():
+    text = text_tower()
+    released = []
+    packed = PackedTextTower(text, release=released.append)
+    # every linear weight, the last block's q/k/v in two parts
+    assert len(released) == 4 * 3 + 1
+    tokens = tokens_of(NOTES + NOTES[::-1])
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(tokens), text(tokens), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed(tokens[2:3]), text(tokens[2:3]), rtol=1e-5, atol=1e-5)

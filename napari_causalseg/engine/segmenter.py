@@ -24,7 +24,7 @@ import torch
 
 from .bn_folding import fuse_for_inference_
 from .cache import LRUCache
-from .checkpoint import FileIdentity, load_checkpoint
+from .checkpoint import FileIdentity, drop_mapped_pages, load_checkpoint
 from .config import ModelConfig
 from .device import resolve_device
 from .factory import build_model
@@ -32,7 +32,7 @@ from .model import CausalCLIPSeg
 from .notes import all_notes
 from .prefetch import NotePrefetch
 from .preprocess import PreprocessConfig, prepare_image, resize_to, to_grey_or_rgb
-from .text_inference import encode_text
+from .text_inference import PackedTextTower, encode_text
 from .tokenizer import NoteError, NoteTokenizer, TokenizedNote
 
 
@@ -129,6 +129,12 @@ class Segmenter:
         self._lock = threading.RLock()  # one forward at a time; caches are shared
         self._weights_file = weights_file if self.device.type == "cpu" else None
         self.prefetch: NotePrefetch | None = None
+        self._packed_text: PackedTextTower | None = None
+        text = self.model.text.transformer
+        if fuse and self._weights_file is not None and PackedTextTower.available(text):
+            # The text weights are file pages this model only reads: packed once (a copy),
+            # their pages are dropped, so the copy replaces them in memory.
+            self._packed_text = PackedTextTower(text, release=drop_mapped_pages)
 
     # construction -------------------------------------------------------------
     @classmethod
@@ -200,7 +206,11 @@ class Segmenter:
             if cached is not None:
                 return cached
             self._check_weights()
-            tau = encode_text(self.model.text.transformer, tokens.ids[None].to(self.device))
+            ids = tokens.ids[None].to(self.device)
+            if self._packed_text is not None:
+                tau = self._packed_text(ids)
+            else:
+                tau = encode_text(self.model.text.transformer, ids)
             self.text_cache.put(tokens.note, (tau, tokens))
         return tau, tokens
 
