@@ -57,7 +57,7 @@ class Linear(NamedTuple):
         """F.linear(x, weight, bias) (+ residual), through oneDNN where that applies."""
         w = self.weight
         op = _onednn_linear() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-        if w.is_mkldnn or (op is not None and not (torch.is_grad_enabled() and w.requires_grad)):
+        if w.is_mkldnn or (op is not None and not torch.is_grad_enabled()):  # no autograd there
             if residual is None:
                 return op(x, w, self.bias, "none", [], "")
             return op.binary(x, residual, w, self.bias, "add")
