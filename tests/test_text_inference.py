@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_causalseg.engine import NoteTokenizer, text_inference
+from napari_causalseg.engine import NoteTokenizer, onednn
 from napari_causalseg.engine.notes import HEALTHY_NOTE, all_notes
 from napari_causalseg.engine.text_inference import PackedTextTower, encode_text
 from napari_causalseg.engine.text_transformer import TextTransformer
@@ -58,7 +58,7 @@ def test_without_onednn_and_in_float64(monkeypatch):
     tokens = tokens_of(NOTES)
     with torch.no_grad():
         expected = text(tokens)
-        monkeypatch.setattr(text_inference, "_onednn_linear", lambda: None)
+        monkeypatch.setattr(onednn, "_onednn_linear", lambda: None)
         torch.testing.assert_close(encode_text(text, tokens), expected, rtol=1e-5, atol=1e-5)
         text64 = text.double()
         torch.testing.assert_close(encode_text(text64, tokens), text64(tokens), rtol=1e-12, atol=1e-12)

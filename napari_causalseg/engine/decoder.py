@@ -26,7 +26,7 @@ from torch import nn
 
 from .bn_folding import batchnorm_affine
 from .causal import conv_bn_relu
-from .text_inference import Linear
+from .onednn import Linear
 from .upconv import tap_weights, upsample_conv3x3, upsample_conv3x3_taps
 
 

@@ -20,7 +20,6 @@ a `PackedTextTower` is a snapshot, for a model that no longer changes (a Segment
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -28,41 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .onednn import Linear, _onednn_linear
 from .text_transformer import ResidualAttentionBlock, TextTransformer
-
-
-@functools.cache
-def _onednn_linear():
-    """oneDNN's fused linear op if this torch build has a working one, else None."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        if not torch.backends.mkldnn.is_available():
-            return None
-        x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
-        res = torch.randn(3, 5)
-        packed = torch.ops.mkldnn._reorder_linear_weight(w)
-        ok = torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), atol=1e-5) and \
-            torch.allclose(op(x, packed, b, "none", [], ""), F.linear(x, w, b), atol=1e-5) and \
-            torch.allclose(op.binary(x, res, w, b, "add"), F.linear(x, w, b) + res, atol=1e-5)
-        return op if ok else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-class Linear(NamedTuple):
-    weight: torch.Tensor  # (out, in), or oneDNN's packed form of it
-    bias: torch.Tensor | None
-
-    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """F.linear(x, weight, bias) (+ residual), through oneDNN where that applies."""
-        w = self.weight
-        op = _onednn_linear() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-        if w.is_mkldnn or (op is not None and not torch.is_grad_enabled()):  # no autograd there
-            if residual is None:
-                return op(x, w, self.bias, "none", [], "")
-            return op.binary(x, residual, w, self.bias, "add")
-        out = F.linear(x, w, self.bias)
-        return out if residual is None else out.add_(residual)
 
 
 class Block(NamedTuple):
