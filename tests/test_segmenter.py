@@ -219,3 +219,17 @@ def test_prefetch_failure_costs_only_speed(tiny_model, monkeypatch):
     prefetch = seg.prefetch_notes([NOTE, OTHER_NOTE])
     assert prefetch.join(timeout=60) and isinstance(prefetch.error, RuntimeError)
     assert prefetch.encoded == 0
+
+
+def test_prompts_during_the_prefetch_are_the_prompts_without_it(tiny_model, xray):
+    from napari_causalseg.engine.notes import all_notes
+
+    notes = [n for n in all_notes() if NoteTokenizer(24).encode(n, truncate=True).dropped is None][::7]
+    seg = Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+    fresh = Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+    seg.segment(xray, NOTE)
+    prefetch = seg.prefetch_notes()
+    during = [seg.segment(xray, note).probability for note in notes]  # the prefetch runs meanwhile
+    assert prefetch.join(timeout=60) and prefetch.error is None
+    for note, prob in zip(notes, during):
+        np.testing.assert_array_equal(prob, fresh.segment(xray, note).probability)
