@@ -216,6 +216,48 @@ def bench_peak_rss(checkpoint: Path, config: str, threads: int, python: str = sy
 
 
 
+def bench_cpu(args: argparse.Namespace, threads: int, results: dict[str, Any]) -> None:
+    """Every CPU measurement into `results` (both models built here, freed at the end)."""
+    log(f"building {args.config} and its reference ...")
+    model, ref = build_models(args.config)
+    tokenizer = NoteTokenizer(model.config.text.context_length)
+    log("equivalence ...")
+    eq = equivalence(model, ref, tokenizer, args.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        # inference as users run it: a Segmenter loaded from a checkpoint file
+        checkpoint = Path(tmp) / "model.safetensors"
+        save_checkpoint(checkpoint, model, {"benchmark": "random weights"})
+        seg = Segmenter.from_checkpoint(checkpoint, SegmenterConfig(device="cpu"))
+        eq["inference"] = segmenter_equivalence(seg, ref, tokenizer, args.size)
+        log("inference ...")
+        inf = bench_inference(seg, ref, args.size, args.repeats, args.reprompts)
+        del seg
+        log("peak RSS (child process) ...")
+        rss = bench_peak_rss(checkpoint, args.config, threads)
+        rss_other = [bench_peak_rss(checkpoint, args.config, threads, py) for py in args.rss_python]
+        if args.batch_images > 0:
+            log("causalseg segment over a folder (child processes) ...")
+            results["details"]["batch_cli"] = bench_batch_cli(
+                checkpoint, tokenizer, threads, args.batch_images, args.batch_singles, args.batch_large)
+    log("training ...")
+    tr = bench_training(model, ref, tokenizer, args.size, args.train_batch, args.train_rounds)
+    del model, ref
+    results["details"].update(equivalence=eq, inference=inf, training=tr, peak_rss=rss)
+    if rss_other:
+        results["details"]["peak_rss_other"] = rss_other
+    results.update(
+        first_prompt_s=inf["first_prompt"]["median"],
+        reprompt_s=inf["reprompt"]["median"],
+        train_step_per_image_s=tr["train_step_per_image"]["median"],
+        peak_rss_mb=rss["peak_rss_mb"],
+        reference_forward_s=inf["reference_forward"]["median"],
+        reference_train_step_per_image_s=tr["reference_train_step_per_image"]["median"],
+        max_abs_diff=max(eq["eval"]["max_abs_diff"], eq["inference"]["max_abs_diff"]),
+        max_abs_diff_train=eq["train"]["max_abs_diff"],
+        logit_scale=eq["eval"]["logit_scale"],
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -249,44 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "details": {}}
     results["device"] = f"cpu: {results['machine']['cpu']} ({threads} threads)"
     if not args.skip_cpu:
-        log(f"building {args.config} and its reference ...")
-        model, ref = build_models(args.config)
-        tokenizer = NoteTokenizer(model.config.text.context_length)
-        log("equivalence ...")
-        eq = equivalence(model, ref, tokenizer, args.size)
-        with tempfile.TemporaryDirectory() as tmp:
-            # inference as users run it: a Segmenter loaded from a checkpoint file
-            checkpoint = Path(tmp) / "model.safetensors"
-            save_checkpoint(checkpoint, model, {"benchmark": "random weights"})
-            seg = Segmenter.from_checkpoint(checkpoint, SegmenterConfig(device="cpu"))
-            eq["inference"] = segmenter_equivalence(seg, ref, tokenizer, args.size)
-            log("inference ...")
-            inf = bench_inference(seg, ref, args.size, args.repeats, args.reprompts)
-            del seg
-            log("peak RSS (child process) ...")
-            rss = bench_peak_rss(checkpoint, args.config, threads)
-            rss_other = [bench_peak_rss(checkpoint, args.config, threads, py) for py in args.rss_python]
-            if args.batch_images > 0:
-                log("causalseg segment over a folder (child processes) ...")
-                results["details"]["batch_cli"] = bench_batch_cli(
-                    checkpoint, tokenizer, threads, args.batch_images, args.batch_singles, args.batch_large)
-        log("training ...")
-        tr = bench_training(model, ref, tokenizer, args.size, args.train_batch, args.train_rounds)
-        del model, ref
-        results["details"].update(equivalence=eq, inference=inf, training=tr, peak_rss=rss)
-        if rss_other:
-            results["details"]["peak_rss_other"] = rss_other
-        results.update(
-            first_prompt_s=inf["first_prompt"]["median"],
-            reprompt_s=inf["reprompt"]["median"],
-            train_step_per_image_s=tr["train_step_per_image"]["median"],
-            peak_rss_mb=rss["peak_rss_mb"],
-            reference_forward_s=inf["reference_forward"]["median"],
-            reference_train_step_per_image_s=tr["reference_train_step_per_image"]["median"],
-            max_abs_diff=max(eq["eval"]["max_abs_diff"], eq["inference"]["max_abs_diff"]),
-            max_abs_diff_train=eq["train"]["max_abs_diff"],
-            logit_scale=eq["eval"]["logit_scale"],
-        )
+        bench_cpu(args, threads, results)
     accel = torch.device(args.accelerator)
     if accel.type == "cuda" and not torch.cuda.is_available():
         results["gpu"] = "Skipped: CUDA is not available on this machine (no bf16 throughput numbers)."
