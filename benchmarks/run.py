@@ -24,131 +24,44 @@ Nothing here is a unit test; tests/test_fast_decoder.py checks the equivalence.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.accelerator import bench_accelerator  # noqa: E402
+from benchmarks.batch_cli import bench_batch_cli  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    build_models,
+    clock,
+    inputs,
+    log,
+    machine_info,
+    summary,
+)
 from benchmarks.notes import notes_for  # noqa: E402
+from benchmarks.report import render  # noqa: E402
 from napari_causalseg.engine import (  # noqa: E402
-    CausalCLIPSeg,
     NoteTokenizer,
     Segmenter,
     SegmenterConfig,
-    build_model,
     save_checkpoint,
 )
+from napari_causalseg.engine.notes import all_notes  # noqa: E402
 from napari_causalseg.engine.objective import causal_objective  # noqa: E402
-from napari_causalseg.testing.reference import reference_from, with_batchnorm_statistics  # noqa: E402
-
-TARGETS = {
-    "first_prompt_ratio": 0.25,  # first prompt / reference forward, at most
-    "reprompt_s": 0.040,  # median on 2 cores, at most
-    "train_speedup": 3.0,  # reference step / fast step, at least
-    "peak_rss_mb": 1.5e9 / 2**20,  # 1.5 GB (10^9 bytes) = 1430.5 MiB, at most
-}
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# machine ----------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-        return commit + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": usable,
-        "torch_threads": torch.get_num_threads(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
-        if hasattr(os, "sysconf") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": git_commit(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-# timing -----------------------------------------------------------------------------
-def clock(fn: Callable[[], Any], sync: Callable[[], None] = lambda: None) -> float:
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - start
-
-
-def summary(samples: list[float]) -> dict[str, Any]:
-    return {
-        "median": statistics.median(samples),
-        "min": min(samples),
-        "samples": [round(s, 4) for s in samples],
-    }
-
-
-# models -----------------------------------------------------------------------------
-def build_models(config: str, seed: int = 0) -> tuple[CausalCLIPSeg, torch.nn.Module]:
-    """Random weights, with non-trivial BatchNorm statistics in the decoders (so that
-    eval-mode folding is exercised), and the reference holding a copy of them."""
-    torch.manual_seed(seed)
-    model = build_model(config)[0].eval()
-    for i, dec in enumerate((model.causal_decoder, model.confounding_decoder)):
-        with_batchnorm_statistics(dec, seed=seed + i)
-    return model, reference_from(model).eval()
-
-
-def inputs(tokenizer: NoteTokenizer, batch: int, size: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, size, size, generator=g)
-    tokens = tokenizer(notes_for(tokenizer, batch))
-    masks = (torch.rand(batch, 1, size, size, generator=g) > 0.7).float()
-    return images, tokens, masks
-
-
+# CPU measurements -------------------------------------------------------------------
 def equivalence(model, ref, tokenizer, size: int) -> dict[str, Any]:
     """Max |fast - reference| of both decoders' logits, eval (batch 1) and train (batch 2)
     mode; BN running statistics are restored after the train-mode pass."""
@@ -243,7 +156,14 @@ def bench_inference(seg: Segmenter, ref, size: int, repeats: int, reprompts: int
     for _ in range(5):
         note = next(notes)
         large_reprompt.append(clock(lambda note=note: seg.segment(big, note)))
+    # warm: every QaTa note's text feature made in the background, then re-prompts with them
+    prefetch_s = clock(lambda: seg.prefetch_notes().join())
+    qata = [n for n in all_notes() if seg.tokenizer.encode(n, truncate=True).dropped is None]
+    warm = [clock(lambda note=note: seg.segment(image, note)) for note in qata[:reprompts]]
+    log(f"  warm re-prompt {statistics.median(warm) * 1e3:.1f} ms (prefetch {prefetch_s:.2f} s)")
     return {
+        "reprompt_warm": summary(warm),
+        "prefetch": {"notes": len(qata), "seconds": prefetch_s},
         "first_prompt": summary(first),
         "first_prompt_known_note": summary(first_known),
         "reference_forward": summary(ref_s),
@@ -295,193 +215,47 @@ def bench_peak_rss(checkpoint: Path, config: str, threads: int, python: str = sy
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-# accelerator ------------------------------------------------------------------------
-def bench_accelerator(config: str, size: int, device: str, seconds: float = 3.0,
-                      infer_batch: int = 32, train_batch: int = 8) -> dict[str, Any]:
-    """bf16 autocast throughput of both models on `device` (images/s)."""
-    dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
-    model, ref = build_models(config)
-    model, ref = model.to(dev), ref.to(dev)
+
+def bench_cpu(args: argparse.Namespace, threads: int, results: dict[str, Any]) -> None:
+    """Every CPU measurement into `results` (both models built here, freed at the end)."""
+    log(f"building {args.config} and its reference ...")
+    model, ref = build_models(args.config)
     tokenizer = NoteTokenizer(model.config.text.context_length)
-    result: dict[str, Any] = {"device": name, "dtype": "bfloat16 (autocast)",
-                              "infer_batch": infer_batch, "train_batch": train_batch}
-
-    def throughput(fn: Callable[[], None], batch: int) -> float:
-        fn(), fn()
-        n, elapsed = 0, 0.0
-        while elapsed < seconds or n < 3:
-            elapsed += clock(fn, sync)
-            n += 1
-        return n * batch / elapsed
-
-    images, tokens, _ = inputs(tokenizer, infer_batch, size, seed=4)
-    images, tokens = images.to(dev), tokens.to(dev)
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    with torch.no_grad():  # fp32 agreement on this device (no TF32), for the record
-        a = model(images[:2], tokens[:2]).causal_logits
-        b = ref(images[:2], tokens[:2]).causal_logits
-        result["fp32_max_abs_diff"] = (a - b).abs().max().item()
-        result["fp32_logit_scale"] = b.abs().max().item()
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-
-    def infer(m, **kw) -> Callable[[], None]:
-        def run() -> None:
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
-                m(images, tokens, **kw)
-        return run
-
-    result["inference_images_per_s"] = throughput(infer(model, with_confounding=False), infer_batch)
-    result["reference_inference_images_per_s"] = throughput(infer(ref), infer_batch)
-    log(f"  {name}: inference {result['inference_images_per_s']:.1f} img/s, "
-        f"reference {result['reference_inference_images_per_s']:.1f} img/s")
-
-    def train(m) -> Callable[[], None]:
-        m.train()
-        imgs, toks, masks = (t.to(dev) for t in inputs(tokenizer, train_batch, size, seed=5))
-        opt = torch.optim.Adam(m.parameters(), lr=3e-5)
-
-        def run() -> None:
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16):
-                terms = causal_objective(m, imgs, toks, masks, 0.05)
-            terms.backward.backward()
-            opt.step()
-        return run
-
-    result["train_images_per_s"] = throughput(train(model), train_batch)
-    result["reference_train_images_per_s"] = throughput(train(ref), train_batch)
-    log(f"  {name}: training {result['train_images_per_s']:.1f} img/s, "
-        f"reference {result['reference_train_images_per_s']:.1f} img/s")
-    return result
-
-
-# report -----------------------------------------------------------------------------
-def verdict(ok: bool) -> str:
-    return "met" if ok else "NOT met"
-
-
-def render(r: dict[str, Any]) -> str:
-    m = r["machine"]
-    lines = [
-        "# Benchmark results",
-        "",
-        f"Written by `python benchmarks/run.py` on {m['date']}, commit `{m['commit']}`.",
-        "",
-        (f"- Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs ({m['logical_cpus']} logical), "
-        f"{m['memory_gb']} GB RAM; torch {m['torch']} with {m['torch_threads']} threads; "
-        f"Python {m['python']}; {m['platform']}."),
-        (f"- Load average (1/5/15 min) at start {m['load_average_at_start']}, at end "
-        f"{m.get('load_average_at_end')}: other processes on the machine slow both models."),
-        (f"- Model: `{r['config']}` with random weights at {r['size']}x{r['size']}, CPU, float32. "
-        "Reference = tests/reference.py (upsample then convolve at full resolution, both "
-        "decoders, as the method describes) holding the same weights, measured in the same run, "
-        "interleaved with the fast model."),
-        "",
-    ]
-    if "first_prompt_s" in r:
-        ratio = r["first_prompt_s"] / r["reference_forward_s"]
-        speedup = r["reference_train_step_per_image_s"] / r["train_step_per_image_s"]
-        inf, tr = r["details"]["inference"], r["details"]["training"]
-        lines += [
-            "| measurement | fast | reference | target | |",
-            "|---|---|---|---|---|",
-            (f"| 1. first prompt on a new image (median of {len(inf['first_prompt']['samples'])}) | "
-            f"{r['first_prompt_s'] * 1e3:.0f} ms | forward {r['reference_forward_s'] * 1e3:.0f} ms "
-            f"| <= 0.25x reference forward | {ratio:.3f}x, {verdict(ratio <= TARGETS['first_prompt_ratio'])} |"),
-            (f"| 2. re-prompt, same image, new note (median of {len(inf['reprompt']['samples'])}) | "
-            f"{r['reprompt_s'] * 1e3:.1f} ms | (a full forward) | <= 40 ms | "
-            f"{verdict(r['reprompt_s'] <= TARGETS['reprompt_s'])} |"),
-            (f"| 3. training step per image, batch {tr['batch']} (median) | "
-            f"{r['train_step_per_image_s']:.3f} s | {r['reference_train_step_per_image_s']:.2f} s | "
-            f">= 3x faster | {speedup:.1f}x, {verdict(speedup >= TARGETS['train_speedup'])} |"),
-            (f"| 4. peak RSS of inference (fresh process) | {r['peak_rss_mb']:.0f} MiB | | <= 1.5 GB (1430 MiB) | "
-            f"{verdict(r['peak_rss_mb'] <= TARGETS['peak_rss_mb'])} |"),
-            *(f"| 4. the same, with torch {o['torch']} | {o['peak_rss_mb']:.0f} MiB | | "
-              f"<= 1.5 GB (1430 MiB) | {verdict(o['peak_rss_mb'] <= TARGETS['peak_rss_mb'])} |"
-              for o in r["details"].get("peak_rss_other", [])),
-            "",
-            "Details (seconds unless noted; min / median):",
-            "",
-            (f"- Reference forward, both decoders: {inf['reference_forward']['min']:.3f} / "
-            f"{inf['reference_forward']['median']:.3f}; D_c only: "
-            f"{inf['reference_forward_causal_only']['min']:.3f} / "
-            f"{inf['reference_forward_causal_only']['median']:.3f}."),
-            (f"- First prompt (`Segmenter.segment`, new image, new note; preprocessing, both "
-            f"encoders, D_c's visual path, the note's conv, sigmoid, resize): "
-            f"{inf['first_prompt']['min']:.3f} / {inf['first_prompt']['median']:.3f}; "
-            f"a new image with a note already encoded: "
-            f"{inf['first_prompt_known_note']['min']:.3f} / {inf['first_prompt_known_note']['median']:.3f}."),
-            (f"- Re-prompt: {inf['reprompt']['min'] * 1e3:.1f} / {inf['reprompt']['median'] * 1e3:.1f} ms, "
-            f"of which the new note's text encoder {inf['reprompt_text_encoder']['median'] * 1e3:.1f} ms "
-            f"and the rest (folded KxK conv C->1, sigmoid, resize, numpy) "
-            f"{inf['reprompt_without_text']['median'] * 1e3:.1f} ms."),
-            *([(f"- A {inf['large_image']['shape'][0]}x{inf['large_image']['shape'][1]} 16-bit "
-                "radiograph (percentile window, resize, maps at full size; no target): first "
-                f"prompt {inf['large_image']['first_prompt']['median']:.3f}, re-prompt "
-                f"{inf['large_image']['reprompt']['median'] * 1e3:.0f} ms.")]
-              if "large_image" in inf else []),
-            (f"- Training (Adam, L_c + L_s through the gradient reversal, both decoders, batch "
-            f"{tr['batch']}): per image {tr['train_step_per_image']['min']:.3f} / "
-            f"{tr['train_step_per_image']['median']:.3f} fast, "
-            f"{tr['reference_train_step_per_image']['min']:.2f} / "
-            f"{tr['reference_train_step_per_image']['median']:.2f} reference."),
-            (f"- Peak RSS: VmHWM (peak resident set) of a fresh child process that imports torch and "
-             f"this package's engine, loads the model from a checkpoint file with "
-             f"`Segmenter.from_checkpoint` ({r['details']['peak_rss']['parameters_mb']:.0f} MiB of "
-             f"float32 parameters, memory-mapped copy-on-write), runs one first prompt and 5 "
-             f"re-prompts and holds one cached image feature "
-             f"({r['details']['peak_rss']['cached_image_features_mb']:.0f} MiB). RSS by stage, MiB "
-             "(anon = the process's own memory, file = pages of libraries and of the mapped "
-             "weights that were read): "
-             + "; ".join(f"{stage} {v['total']:.0f} (anon {v['anon']:.0f}, file {v['file']:.0f})"
-                         for stage, v in r["details"]["peak_rss"]["rss_mb"].items()) + "."),
-            ("  File-backed pages after the first prompt: " + ", ".join(
-                f"{k} {v:.0f} MiB" for k, v in
-                r["details"]["peak_rss"].get("file_rss_after_first_prompt_mb", {}).items())
-             + f" (torch {r['details']['peak_rss'].get('torch', torch.__version__)}). The libraries' "
-             "share depends on the kernel's page cache, not on this code: right after pip has "
-             "written torch's CUDA libraries they sit in large folios that a fault maps whole, "
-             "and the same code has measured ~250 MiB more than after those pages were evicted."),
-            ("  The weights the forward pass never reads (most of the 97 MiB token embedding, "
-             "D_s) are never loaded; the engine does not import open_clip or torchvision. The "
-             "target is 1.5 GB = 1.5e9 bytes = 1430 MiB."),
-            "",
-        ]
-    eq = r["details"].get("equivalence")
-    if eq:
-        lines += [
-            ("Equivalence in this run (same weights, max |fast - reference| of the logits; eval and "
-             "train: the model, both decoders; inference: the Segmenter's model loaded from the "
-             "checkpoint, BatchNorms folded, D_c):"),
-            "",
-            *(f"- {mode}: {v['max_abs_diff']:.2e} at logit scale {v['logit_scale']:.3g} "
-              f"(relative {v['relative']:.1e}; tolerance 1e-4)" for mode, v in eq.items()),
-            "",
-        ]
-    gpu = r.get("gpu")
-    lines += ["## Accelerator", ""]
-    if isinstance(gpu, dict):
-        lines += [
-            (f"{gpu['device']}, {gpu['dtype']}; inference batch {gpu['infer_batch']} "
-            f"(fast: D_c only; reference: both decoders), training batch {gpu['train_batch']} "
-            "(Adam, both decoders)."),
-            "",
-            "| | fast | reference |",
-            "|---|---|---|",
-            (f"| inference, images/s | {gpu['inference_images_per_s']:.1f} | "
-            f"{gpu['reference_inference_images_per_s']:.1f} |"),
-            (f"| training, images/s | {gpu['train_images_per_s']:.1f} | "
-            f"{gpu['reference_train_images_per_s']:.1f} |"),
-            "",
-            (f"fp32 max |fast - reference| on this device: {gpu['fp32_max_abs_diff']:.2e} at logit "
-            f"scale {gpu['fp32_logit_scale']:.3g}."),
-        ]
-    else:
-        lines += [str(gpu)]
-    return "\n".join(lines) + "\n"
+    log("equivalence ...")
+    eq = equivalence(model, ref, tokenizer, args.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        # inference as users run it: a Segmenter loaded from a checkpoint file
+        checkpoint = Path(tmp) / "model.safetensors"
+        save_checkpoint(checkpoint, model, {"benchmark": "random weights"})
+        seg = Segmenter.from_checkpoint(checkpoint, SegmenterConfig(device="cpu"))
+        eq["inference"] = segmenter_equivalence(seg, ref, tokenizer, args.size)
+        log("inference ...")
+        inf = bench_inference(seg, ref, args.size, args.repeats, args.reprompts)
+        del seg
+        log("peak RSS (child process) ...")
+        rss = bench_peak_rss(checkpoint, args.config, threads)
+        rss_other = [bench_peak_rss(checkpoint, args.config, threads, py) for py in args.rss_python]
+        if args.batch_images > 0:
+            log("causalseg segment over a folder (child processes) ...")
+            results["details"]["batch_cli"] = bench_batch_cli(
+                checkpoint, tokenizer, threads, args.batch_images, args.batch_singles, args.batch_large)
+    log("training ...")
+    tr = bench_training(model, ref, tokenizer, args.size, args.train_batch, args.train_rounds)
+    del model, ref
+    results["details"].update(equivalence=eq, inference=inf, training=tr, peak_rss=rss)
+    if rss_other:
+        results["details"]["peak_rss_other"] = rss_other
+    results.update(
+        first_prompt_s=inf["first_prompt"]["median"],
+        reprompt_s=inf["reprompt"]["median"],
+        train_step_per_image_s=tr["train_step_per_image"]["median"],
+        peak_rss_mb=rss["peak_rss_mb"],
+        reference_forward_s=inf["reference_forward"]["median"],
+        reference_train_step_per_image_s=tr["reference_train_step_per_image"]["median"],
+        max_abs_diff=max(eq["eval"]["max_abs_diff"], eq["inference"]["max_abs_diff"]),
+        max_abs_diff_train=eq["train"]["max_abs_diff"],
+        logit_scale=eq["eval"]["logit_scale"],
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -501,6 +275,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rss-python", action="append", default=[], metavar="PYTHON",
                         help="also measure peak RSS with this interpreter (e.g. a venv with a "
                              "CPU-only torch; it needs numpy, safetensors, ftfy and regex)")
+    parser.add_argument("--batch-images", type=int, default=100,
+                        help="X-rays for the `causalseg segment` throughput (0: skip it)")
+    parser.add_argument("--batch-singles", type=int, default=3, help="single-image invocations timed")
+    parser.add_argument("--batch-large", type=int, default=5, help="large radiographs in one process")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = parser.parse_args(argv)
 
@@ -513,40 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "details": {}}
     results["device"] = f"cpu: {results['machine']['cpu']} ({threads} threads)"
     if not args.skip_cpu:
-        log(f"building {args.config} and its reference ...")
-        model, ref = build_models(args.config)
-        tokenizer = NoteTokenizer(model.config.text.context_length)
-        log("equivalence ...")
-        eq = equivalence(model, ref, tokenizer, args.size)
-        with tempfile.TemporaryDirectory() as tmp:
-            # inference as users run it: a Segmenter loaded from a checkpoint file
-            checkpoint = Path(tmp) / "model.safetensors"
-            save_checkpoint(checkpoint, model, {"benchmark": "random weights"})
-            seg = Segmenter.from_checkpoint(checkpoint, SegmenterConfig(device="cpu"))
-            eq["inference"] = segmenter_equivalence(seg, ref, tokenizer, args.size)
-            log("inference ...")
-            inf = bench_inference(seg, ref, args.size, args.repeats, args.reprompts)
-            del seg
-            log("peak RSS (child process) ...")
-            rss = bench_peak_rss(checkpoint, args.config, threads)
-            rss_other = [bench_peak_rss(checkpoint, args.config, threads, py) for py in args.rss_python]
-        log("training ...")
-        tr = bench_training(model, ref, tokenizer, args.size, args.train_batch, args.train_rounds)
-        del model, ref
-        results["details"].update(equivalence=eq, inference=inf, training=tr, peak_rss=rss)
-        if rss_other:
-            results["details"]["peak_rss_other"] = rss_other
-        results.update(
-            first_prompt_s=inf["first_prompt"]["median"],
-            reprompt_s=inf["reprompt"]["median"],
-            train_step_per_image_s=tr["train_step_per_image"]["median"],
-            peak_rss_mb=rss["peak_rss_mb"],
-            reference_forward_s=inf["reference_forward"]["median"],
-            reference_train_step_per_image_s=tr["reference_train_step_per_image"]["median"],
-            max_abs_diff=max(eq["eval"]["max_abs_diff"], eq["inference"]["max_abs_diff"]),
-            max_abs_diff_train=eq["train"]["max_abs_diff"],
-            logit_scale=eq["eval"]["logit_scale"],
-        )
+        bench_cpu(args, threads, results)
     accel = torch.device(args.accelerator)
     if accel.type == "cuda" and not torch.cuda.is_available():
         results["gpu"] = "Skipped: CUDA is not available on this machine (no bf16 throughput numbers)."

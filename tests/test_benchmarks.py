@@ -22,6 +22,7 @@ def test_benchmark_runs_on_the_tiny_model(tmp_path, capsys):
         "--config", "tiny", "--json", "--repeats", "1", "--reprompts", "2", "--train-rounds", "1",
         "--train-batch", "2", "--accelerator", "cpu", "--accel-seconds", "0",
         "--accel-batch", "2", "2", "--out", str(out), "--rss-python", sys.executable,
+        "--batch-images", "3", "--batch-singles", "1", "--batch-large", "1",
     ])
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) >= KEYS
@@ -33,3 +34,5 @@ def test_benchmark_runs_on_the_tiny_model(tmp_path, capsys):
     assert len(other) == 1 and other[0]["python"] == sys.executable and other[0]["peak_rss_mb"] > 0
     assert f"the same, with torch {other[0]['torch']}" in report
     assert set(printed["details"]["peak_rss"]["file_rss_after_first_prompt_mb"]) == {"checkpoint", "libraries"}
+    assert printed["details"]["batch_cli"]["folder_images_per_s"] > 0 and "causalseg segment" in report
+    assert printed["details"]["inference"]["prefetch"]["notes"] > 50 and "Warm re-prompt" in report

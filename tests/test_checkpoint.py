@@ -19,7 +19,9 @@ from napari_causalseg.engine import (
     read_checkpoint_info,
     save_checkpoint,
 )
+from napari_causalseg.engine.checkpoint import drop_mapped_pages
 from napari_causalseg.engine.config import ModelConfig, TextConfig
+from napari_causalseg.engine.text_inference import PackedTextTower
 
 from .conftest import NOTE, OTHER_NOTE
 
@@ -168,3 +170,23 @@ def test_mapped_weights_survive_replacement_but_not_an_in_place_rewrite(tmp_path
     moved = Segmenter.from_checkpoint(path)
     path.unlink()
     moved.segment(xray, NOTE)  # the mapping keeps the deleted file
+
+
+def test_dropped_text_pages_read_back_the_same_weights(tmp_path, tiny_model):
+    """A Segmenter loaded from a file packs its text weights and unmaps their file pages:
+    its text features are the model's, and the weights read back unchanged."""
+    path = tmp_path / "m.safetensors"
+    model = perturbed(tiny_model).eval()
+    save_checkpoint(path, model)
+    seg = Segmenter.from_checkpoint(path)
+    text = seg.model.text.transformer
+    if PackedTextTower.available(text):
+        assert seg._packed_text is not None
+    with torch.inference_mode():
+        for name, weight in text.named_parameters():
+            drop_mapped_pages(weight)
+            torch.testing.assert_close(weight, dict(model.text.transformer.named_parameters())[name],
+                                       rtol=0, atol=0)
+    for note in (NOTE, OTHER_NOTE):
+        torch.testing.assert_close(seg.text_feature(note)[0], Segmenter(model).text_feature(note)[0],
+                                   rtol=1e-5, atol=1e-6)

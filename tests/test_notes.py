@@ -6,7 +6,14 @@ import itertools
 
 import pytest
 
-from napari_causalseg.engine.notes import SIDES, ZONES, make_note, parse_note
+from napari_causalseg.engine.notes import (
+    HEALTHY_NOTE,
+    SIDES,
+    ZONES,
+    all_notes,
+    make_note,
+    parse_note,
+)
 
 
 def test_make_and_parse_note_round_trip_every_layout():
@@ -17,6 +24,13 @@ def test_make_and_parse_note_round_trip_every_layout():
             lat, count, parsed = parse_note(note)
             assert count == k and sorted(parsed) == sorted(zones)
             assert lat == ("bilateral" if len({s for s, _ in zones}) == 2 else "unilateral")
+
+
+def test_all_notes_is_the_whole_grammar():
+    notes = all_notes()
+    assert len(notes) == len(set(notes)) == 64 and notes[0] == HEALTHY_NOTE
+    assert sorted(len(parse_note(n)[2]) for n in notes) == sorted(
+        k for k in range(7) for _ in itertools.combinations(range(6), k))
 
 
 def test_examples_from_the_brief():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from napari_causalseg.engine import ImageError, NoteError, NoteTokenizer, Segmenter, SegmenterConfig
+from napari_causalseg.engine import segmenter as segmenter_module
 from napari_causalseg.engine.device import resolve_device
 from napari_causalseg.engine.preprocess import (
     normalize_intensity,
@@ -110,9 +111,16 @@ def test_cached_equals_uncached(segmenter, tiny_model, xray):
     np.testing.assert_array_equal(other_cached, fresh)
 
 
-def test_second_note_skips_the_image_encoder(segmenter, xray):
+def test_second_note_skips_the_image_encoder(segmenter, xray, monkeypatch):
     vision_calls = count_calls(segmenter.model.vision)
-    text_calls = count_calls(segmenter.model.text)
+    text_calls = [0]
+    encode = segmenter_module.encode_text
+
+    def counted(*args):
+        text_calls[0] += 1
+        return encode(*args)
+
+    monkeypatch.setattr(segmenter_module, "encode_text", counted)
     segmenter.segment(xray, NOTE)
     segmenter.segment(xray, OTHER_NOTE)
     segmenter.segment(xray, "  " + NOTE.upper())  # same note once normalised
@@ -170,3 +178,58 @@ def test_device_choice():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu9")
+
+
+def test_prefetched_notes_give_what_on_demand_gives(tiny_model, xray):
+    """The background fill computes each note as a prompt would: identical numbers."""
+    from napari_causalseg.engine.notes import all_notes
+
+    seg = Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+    prefetch = seg.prefetch_notes()
+    assert prefetch.join(timeout=60) and prefetch.error is None
+    fitting = [n for n in all_notes() if seg.tokenizer.encode(n, truncate=True).dropped is None]
+    assert prefetch.encoded == len(all_notes()) and len(seg.text_cache) == len(fitting) > 50
+    fresh = Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+    for note in (NOTE, fitting[7], fitting[-1]):
+        assert NoteTokenizer(24).encode(note).note in seg.text_cache
+        torch.testing.assert_close(seg.text_feature(note)[0], fresh.text_feature(note)[0], rtol=0, atol=0)
+        np.testing.assert_array_equal(seg.segment(xray, note).probability,
+                                      fresh.segment(xray, note).probability)
+
+
+def test_prefetch_starts_after_the_first_prompt_and_can_be_cancelled(tiny_model, xray):
+    seg = Segmenter(tiny_model, SegmenterConfig(device="cpu", prefetch_notes=True))
+    assert seg.prefetch is None
+    first = seg.segment(xray, NOTE)
+    prefetch = seg.prefetch
+    assert prefetch is not None
+    prefetch.cancel()
+    assert prefetch.join(timeout=60) and prefetch.encoded < len(prefetch.notes)
+    assert seg.segment(xray, NOTE).probability.tobytes() == first.probability.tobytes()
+    assert seg.prefetch is prefetch  # started once
+
+
+def test_prefetch_failure_costs_only_speed(tiny_model, monkeypatch):
+    seg = Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+
+    def broken(note):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(seg, "text_feature", broken)
+    prefetch = seg.prefetch_notes([NOTE, OTHER_NOTE])
+    assert prefetch.join(timeout=60) and isinstance(prefetch.error, RuntimeError)
+    assert prefetch.encoded == 0
+
+
+def test_prompts_during_the_prefetch_are_the_prompts_without_it(tiny_model, xray):
+    from napari_causalseg.engine.notes import all_notes
+
+    notes = [n for n in all_notes() if NoteTokenizer(24).encode(n, truncate=True).dropped is None][::7]
+    seg = Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+    fresh = Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+    seg.segment(xray, NOTE)
+    prefetch = seg.prefetch_notes()
+    during = [seg.segment(xray, note).probability for note in notes]  # the prefetch runs meanwhile
+    assert prefetch.join(timeout=60) and prefetch.error is None
+    for note, prob in zip(notes, during):
+        np.testing.assert_array_equal(prob, fresh.segment(xray, note).probability)

@@ -19,6 +19,7 @@ from napari_causalseg.engine import (
     WeightsError,
     get_config,
 )
+from napari_causalseg.engine.text_inference import encode_text
 from napari_causalseg.engine.weights import clip_to_causalseg, load_clip_weights
 
 from .conftest import NOTE
@@ -79,6 +80,8 @@ def test_text_feature_equals_open_clip_encode_text(tmp_path):
     tokens = NoteTokenizer(get_config("tiny").text.context_length)([NOTE, "unilateral pulmonary infection, one infected area."])
     with torch.no_grad():
         torch.testing.assert_close(model.encode_text(tokens), clip.encode_text(tokens))
+        # and so does the Segmenter's inference path
+        torch.testing.assert_close(encode_text(model.text.transformer, tokens), clip.encode_text(tokens))
         # the image tower's trunk is CLIP's too
         image = torch.randn(1, 3, 224, 224)
         net = model.vision.backbone

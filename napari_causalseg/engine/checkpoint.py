@@ -7,10 +7,12 @@ the safetensors header, so one atomically renamed file is self-describing, and i
 
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,22 @@ class FileIdentity:
                 "checkpoints to a new file, or replace them by renaming a finished file "
                 "over the old one, as napari-causalseg does."
             )
+
+
+def drop_mapped_pages(tensor: torch.Tensor) -> None:
+    """Unmap the whole pages of `tensor`, a view of a memory-mapped checkpoint, from this
+    process (Linux; elsewhere nothing happens). For weights that were only read and that
+    will not be read again (a packed copy replaced them): they stop counting in the
+    process's RSS. Pages the process wrote would lose that write: never call it on those.
+    A later read maps the file's pages again."""
+    if not sys.platform.startswith("linux") or tensor.device.type != "cpu":
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = -(-tensor.data_ptr() // page) * page
+    end = (tensor.data_ptr() + tensor.nbytes) // page * page
+    if end > start:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
 
 
 @dataclass

@@ -26,6 +26,7 @@ from torch import nn
 
 from .bn_folding import batchnorm_affine
 from .causal import conv_bn_relu
+from .onednn import Linear
 from .upconv import tap_weights, upsample_conv3x3, upsample_conv3x3_taps
 
 
@@ -125,8 +126,8 @@ class TextConditionedDecoder(nn.Module):
         tap_bias = torch.einsum("nck,c->nk", taps, conv1.bias)
         flat = pixels.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when channels-last
         # every tap's 1-channel map, (m, H*W, K*K): one GEMM over the features
-        if n == 1:  # one note (for one or many images): a plain GEMM
-            proj = torch.addmm(tap_bias[0], flat.reshape(b * h * w, c), folded[0].T)
+        if n == 1:  # one note (for one or many images): a plain GEMM (oneDNN's where it applies)
+            proj = Linear(folded[0], tap_bias[0])(flat.reshape(b * h * w, c))
             proj = proj.view(b, h * w, k * k)
         elif b == 1:  # many notes, one image
             proj = torch.addmm(tap_bias.reshape(-1), flat[0], folded.reshape(n * k * k, c).T)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .onednn import linear
 from .resnet import ModifiedResNet
 from .text_transformer import TextTransformer
 
@@ -54,10 +55,10 @@ class DenseAttentionPool(nn.Module):
         b, c, h, w = x.shape
         shortcut = self.connect(x)
         tokens = x.flatten(2).transpose(1, 2) + self.spatial_positions(h, w).to(x.dtype)
-        q, k, v = self.q_proj(tokens), self.k_proj(tokens), self.v_proj(tokens)
+        q, k, v = linear(tokens, self.q_proj), linear(tokens, self.k_proj), linear(tokens, self.v_proj)
         split = lambda t: t.reshape(b, h * w, self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
         attended = F.scaled_dot_product_attention(split(q), split(k), split(v))
-        attended = self.c_proj(attended.transpose(1, 2).reshape(b, h * w, c))
+        attended = linear(attended.transpose(1, 2).reshape(b, h * w, c), self.c_proj)
         dense = attended.transpose(1, 2).reshape(b, -1, h, w)
         return F.relu(dense + shortcut)
 

@@ -14,6 +14,7 @@ that way; `NOTE_SIDES` names the convention and `mirror_zones` converts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import combinations
 
 SIDES = ("left", "right")  # in note order
 NOTE_SIDES = "image"  # QaTa-COV19's convention: "left lung" = the lung on the image's left
@@ -37,6 +38,13 @@ def make_note(zones: Sequence[tuple[str, str]]) -> str:
     return (
         f"{lat} pulmonary infection, {NUMBER_WORDS[n - 1]} infected {area}, {' and '.join(parts)}."
     )
+
+
+def all_notes() -> list[str]:
+    """Every note of the grammar: the healthy one and one per non-empty set of areas (63),
+    the finite set a user picking zones can produce (a text-feature cache can hold them all)."""
+    areas = [(side, zone) for side in SIDES for zone in ZONES]
+    return [make_note(c) for n in range(len(areas) + 1) for c in combinations(areas, n)]
 
 
 def parse_note(note: str) -> tuple[str, int, list[tuple[str, str]]]:

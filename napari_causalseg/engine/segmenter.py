@@ -3,13 +3,16 @@
 Image features are cached per (image bytes, preprocessing, model); a new note on the
 same image reruns only the text encoder and D_c's note-dependent part, one KxK conv
 C->1 (the 1x1 conv folded into the text kernel, see decoder.py). Only D_c runs: D_s is
-a training device, and F^s is not computed. Text features are cached per normalised note.
+a training device, and F^s is not computed. Text features are cached per normalised note
+and computed by text_inference.py (the same numbers as the model's text tower, faster);
+`prefetch_notes` fills that cache in the background with every note of the QaTa grammar.
 A Segmenter that loads its own model (`from_checkpoint`, `from_config`) maps the weights
 from the file and folds the image side's BatchNorms in place (bn_folding.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import uuid
@@ -21,13 +24,16 @@ import torch
 
 from .bn_folding import fuse_for_inference_
 from .cache import LRUCache
-from .checkpoint import FileIdentity, load_checkpoint
+from .checkpoint import FileIdentity, drop_mapped_pages, load_checkpoint
 from .config import ModelConfig
 from .device import resolve_device
 from .factory import build_model
 from .model import CausalCLIPSeg
+from .notes import all_notes
+from .prefetch import NotePrefetch
 from .preprocess import PreprocessConfig, prepare_image, resize_to, to_grey_or_rgb
-from .tokenizer import NoteTokenizer, TokenizedNote
+from .text_inference import PackedTextTower, encode_text
+from .tokenizer import NoteError, NoteTokenizer, TokenizedNote
 
 
 def check_threshold(threshold: float) -> float:
@@ -54,6 +60,7 @@ class SegmenterConfig:
     cache_bytes: int = 1 << 30  # image features; RN101 needs ~51 MB per image
     text_cache_entries: int = 512
     truncate_notes: bool = False  # opt-in; the dropped words are reported
+    prefetch_notes: bool = False  # after the first prompt, encode every QaTa note in the background
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -121,6 +128,13 @@ class Segmenter:
         )
         self._lock = threading.RLock()  # one forward at a time; caches are shared
         self._weights_file = weights_file if self.device.type == "cpu" else None
+        self.prefetch: NotePrefetch | None = None
+        self._packed_text: PackedTextTower | None = None
+        text = self.model.text.transformer
+        if fuse and self._weights_file is not None and PackedTextTower.available(text):
+            # The text weights are file pages this model only reads: packed once (a copy),
+            # their pages are dropped, so the copy replaces them in memory.
+            self._packed_text = PackedTextTower(text, release=drop_mapped_pages)
 
     # construction -------------------------------------------------------------
     @classmethod
@@ -188,10 +202,31 @@ class Segmenter:
         if cached is not None:
             return cached
         with self._lock, torch.inference_mode():
+            cached = self.text_cache.get(tokens.note)  # the prefetch may have just made it
+            if cached is not None:
+                return cached
             self._check_weights()
-            tau = self.model.encode_text(tokens.ids[None].to(self.device))
-        self.text_cache.put(tokens.note, (tau, tokens))
+            ids = tokens.ids[None].to(self.device)
+            if self._packed_text is not None:
+                tau = self._packed_text(ids)
+            else:
+                tau = encode_text(self.model.text.transformer, ids)
+            self.text_cache.put(tokens.note, (tau, tokens))
         return tau, tokens
+
+    def prefetch_notes(self, notes: list[str] | None = None) -> NotePrefetch:
+        """Fill the text cache in a background thread, one note at a time (the same numbers
+        as on demand): `notes`, by default every note of the QaTa grammar. Notes the
+        tokenizer refuses (too long) are skipped. Returns the running prefetch (cancellable)."""
+        if self.prefetch is not None:
+            self.prefetch.cancel()
+
+        def encode(note: str) -> None:
+            with contextlib.suppress(NoteError):  # too long for the model: nobody can prompt it
+                self.text_feature(note)
+
+        self.prefetch = NotePrefetch(encode, all_notes() if notes is None else notes)
+        return self.prefetch
 
     # prediction ---------------------------------------------------------------
     def segment(self, image: np.ndarray, note: str, threshold: float | None = None) -> SegmentationResult:
@@ -203,6 +238,8 @@ class Segmenter:
             logits = self.model.causal_logits(feats.pixels, tau)
             probability = torch.sigmoid(resize_to(logits.float(), feats.shape))[0, 0]
         prob = probability.cpu().numpy()
+        if self.config.prefetch_notes and self.prefetch is None:
+            self.prefetch_notes()  # after the first prompt, so as not to slow it down
         return SegmentationResult(
             mask=threshold_mask(prob, threshold),
             probability=prob,

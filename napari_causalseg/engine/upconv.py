@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .onednn import mm
+
 SCALE = 4  # the decoder's bilinear factor; the only one implemented
 
 
@@ -176,11 +178,13 @@ def _forward(
             # added there reaches every output pixel exactly once: conv + bias.
             centre = torch.zeros(3, c_out, dtype=xw.dtype, device=xw.device)
             centre[1] = bias
-            torch.addmm(centre.reshape(-1), rows_in, taps[kx], out=t[kx])
+            mm(rows_in, taps[kx], out=t[kx], bias=centre.reshape(-1))
         else:
-            torch.mm(rows_in, taps[kx], out=t[kx])
+            mm(rows_in, taps[kx], out=t[kx])
     # 2. upsample + shift along the width, all taps kx at once: (W, (b, h, ky, c)), by
-    # groups of output columns, each from the 3 x (few) low-res columns it can touch
+    # groups of output columns, each from the 3 x (few) low-res columns it can touch.
+    # (torch.mm, not onednn.mm, in 2. and 4.: oneDNN's output would be a new 10-13 MB
+    # tensor per group, copied into the buffer; that raised peak inference RSS by ~65 MiB.)
     z = _scratch("b", (big_w, rest), xw, reuse)
     for o0, o1, s0, s1, coeff in plan.col_groups:
         if s1 - s0 == w:
@@ -222,8 +226,8 @@ def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: 
     del gz
     grad_x = grad_taps = grad_b = None
     if needs[0]:
-        gx = torch.mm(gt[0], taps[0].T)
-        gx.addmm_(gt[1], taps[1].T).addmm_(gt[2], taps[2].T)
+        gx = mm(gt[0], taps[0].T)
+        gx.add_(mm(gt[1], taps[1].T)).add_(mm(gt[2], taps[2].T))
         grad_x = gx.view(w, b, h, c_in).permute(1, 2, 0, 3)
     if needs[1]:
         rows_in = xw.reshape(w * b * h, c_in)

@@ -83,9 +83,13 @@ class SegmenterHolder:
         with self._lock:
             # a checkpoint rewritten in place since it was loaded is loaded again
             if self.segmenter is None or self._key != key or self.segmenter.weights_file_rewritten():
+                if self.segmenter is not None and self.segmenter.prefetch is not None:
+                    self.segmenter.prefetch.cancel()
+                # prefetch: after the first prompt, every QaTa note's text feature in the
+                # background, so that picking zones re-prompts without the text encoder
                 self.segmenter, self.checkpoint = open_segmenter(  # never trains in napari
-                    source, SegmenterConfig(device=device), progress=on_progress or False,
-                    train_in_child=True,
+                    source, SegmenterConfig(device=device, prefetch_notes=True),
+                    progress=on_progress or False, train_in_child=True,
                 )
                 self._key, self.label = key, source.label
             return self.segmenter
