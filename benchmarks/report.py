@@ -125,7 +125,7 @@ def render(r: dict[str, Any]) -> str:
         (f"- Load average (1/5/15 min) at start {m['load_average_at_start']}, at end "
         f"{m.get('load_average_at_end')}: other processes on the machine slow both models."),
         (f"- Model: `{r['config']}` with random weights at {r['size']}x{r['size']}, CPU, float32. "
-        "Reference = tests/reference.py (upsample then convolve at full resolution, both "
+        "Reference = napari_causalseg/testing/reference.py (upsample then convolve at full resolution, both "
         "decoders, as the method describes) holding the same weights, measured in the same run, "
         "interleaved with the fast model."),
         "",
