@@ -146,3 +146,13 @@ def test_holder_reloads_a_checkpoint_rewritten_in_place(tiny_checkpoint):
     again = holder.get(source, "cpu")
     assert again is not first and not again.weights_file_rewritten()
 
+
+
+def test_a_long_status_line_does_not_widen_the_dock_over_the_canvas(viewer_with_sample):
+    """An unwrapped Qt label is as wide as its text: one long message used to push the
+    dock across the whole window and hide the X-ray."""
+    from napari_causalseg.widgets import FineTuneWidget
+
+    for widget in (SegmentWidget(viewer_with_sample), FineTuneWidget(viewer_with_sample)):
+        widget.status.value = "the mask covers the upper left lung, which the note does not name; " * 6
+        assert widget.native.minimumSizeHint().width() < 700

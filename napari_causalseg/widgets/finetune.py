@@ -83,6 +83,7 @@ class FineTuneWidget(Container):
         self.start_button = PushButton(text="Start fine-tuning")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # a long message must not widen the dock over the canvas
         self.extend([self.folder, self.image, self.labels, self.add_button, self.cases, self.minutes,
                      self.epochs, self.lr, self.lam, self.freeze, self.start_button,
                      self.cancel_button, self.status])

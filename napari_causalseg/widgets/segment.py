@@ -129,6 +129,7 @@ class SegmentWidget(Container):
         self.threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.01, value=0.5)
         self.run_button = PushButton(text="Segment")
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # a long message must not widen the dock over the canvas
         self.extend([self.image, self.note, *rows, self.compose, self.model, self.checkpoint,
                      self.device, self.threshold, self.run_button, self.status])
 
