@@ -6,7 +6,6 @@ import datetime as dt
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -19,13 +18,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.notes import notes_for  # noqa: E402
+from benchmarks.provenance import git_commit  # noqa: E402
 from napari_causalseg.engine import CausalCLIPSeg, NoteTokenizer, build_model  # noqa: E402
 from napari_causalseg.testing.reference import reference_from, with_batchnorm_statistics  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
 
 
 # machine ----------------------------------------------------------------------------
@@ -37,20 +36,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-        return commit + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def machine_info() -> dict[str, Any]:
@@ -74,7 +59,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-
 # timing -----------------------------------------------------------------------------
 def clock(fn: Callable[[], Any], sync: Callable[[], None] = lambda: None) -> float:
     sync()
@@ -90,7 +74,6 @@ def summary(samples: list[float]) -> dict[str, Any]:
         "min": min(samples),
         "samples": [round(s, 4) for s in samples],
     }
-
 
 
 # models -----------------------------------------------------------------------------

@@ -21,13 +21,15 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a file: the package and benchmarks/ importable
+
+from benchmarks.provenance import git_commit  # noqa: E402
 
 
 def _spread(cases: list, n: int) -> list:
@@ -59,14 +61,6 @@ def caption_prior(train, test, size: int, threshold: float = 0.3) -> dict:
         target = mask_to_model(load_mask(case.mask_path), size)
         acc.update(torch.from_numpy((prior >= threshold).astype(np.float32))[None], target[None], [case.name])
     return acc.report()
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 "global_dice": report["global"]["dice"], "global_iou": report["global"]["iou"]}
 
     figures = {
-        "date": dt.datetime.now().isoformat(timespec="seconds"), "commit": _commit(),
+        "date": dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"{args.threads} threads",
         "data": str(args.data_dir), "corrections": len(corrections), "test_cases": len(test),

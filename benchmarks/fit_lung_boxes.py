@@ -13,7 +13,6 @@ data (never committed).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,15 +20,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a file: the package and benchmarks/ importable
+
+from benchmarks.provenance import git_commit  # noqa: E402
+
 SIX = "upper middle lower left lung and upper middle lower right lung"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def load_six_zone_cases(data_dir: Path, limit: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
@@ -88,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{e:.3f}" for e in err))
     w = fit_regression(images, edges, size=args.size, lam=args.lam)
     info = {"data": "QaTa-COV19 training split, six-zone cases, each also mirrored",
-            "cases": len(images), "size": args.size, "lam": args.lam, "commit": _commit()}
+            "cases": len(images), "size": args.size, "lam": args.lam, "commit": git_commit()}
     save_regression(args.out, w, args.size, info)
     print(f"wrote {args.out} ({len(images)} cases, {time.perf_counter() - t0:.1f} s)")
     return 0

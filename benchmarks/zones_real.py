@@ -21,13 +21,15 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a file: the package and benchmarks/ importable
+
+from benchmarks.provenance import git_commit  # noqa: E402
 
 
 def _spread(cases: list, n: int | None) -> list:
@@ -35,14 +37,6 @@ def _spread(cases: list, n: int | None) -> list:
         return list(cases)
     step = (len(cases) - 1) / (n - 1) if n > 1 else 0
     return [cases[round(i * step)] for i in range(n)]
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _tally(results: list) -> dict:
@@ -155,7 +149,7 @@ def report(r: dict, args: argparse.Namespace, argv: list[str]) -> str:
     lines = [
         "# Does the mask agree with its note? `benchmarks/zones_real.py`",
         "",
-        (f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}, commit {_commit()}, {platform.machine()}, "
+        (f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}, commit {git_commit()}, {platform.machine()}, "
         f"{os.cpu_count()} cores, one thread."),
         "",
         f"Command: `python benchmarks/zones_real.py {' '.join(_public(argv, args.data_dir))}`",
