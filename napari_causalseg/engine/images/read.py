@@ -34,13 +34,7 @@ def read_image(path: PathLike, limits: ReadLimits | None = None) -> LoadedImage:
     """
     p = Path(path)
     limits = ReadLimits.from_env() if limits is None else limits
-    if not p.exists():
-        raise ImageReadError(f"{p}: file does not exist")
-    if not p.is_file():
-        raise ImageReadError(f"{p}: not a regular file")
-    fmt = sniff_format(p)
-    if fmt is None:
-        raise ImageReadError(f"{p}: not a PNG, JPEG, TIFF or DICOM file (content not recognised)")
+    fmt = _format_of(p)
     try:
         img = _READERS[fmt](p, limits)
         img.data = _check_layout(p, img.data)
@@ -58,6 +52,18 @@ def read_image(path: PathLike, limits: ReadLimits | None = None) -> LoadedImage:
     img.metadata.setdefault("format", fmt)
     img.metadata.setdefault("source_path", str(p))
     return img
+
+
+def _format_of(p: Path) -> str:
+    """The sniffed format of an existing regular file, or the error both readers give."""
+    if not p.exists():
+        raise ImageReadError(f"{p}: file does not exist")
+    if not p.is_file():
+        raise ImageReadError(f"{p}: not a regular file")
+    fmt = sniff_format(p)
+    if fmt is None:
+        raise ImageReadError(f"{p}: not a PNG, JPEG, TIFF or DICOM file (content not recognised)")
+    return fmt
 
 
 def _check_layout(p: Path, data: np.ndarray) -> np.ndarray:
@@ -93,11 +99,7 @@ def image_shape(path: PathLike, limits: ReadLimits | None = None) -> tuple[int, 
     """
     p = Path(path)
     limits = ReadLimits.from_env() if limits is None else limits
-    if not p.is_file():
-        raise ImageReadError(f"{p}: file does not exist" if not p.exists() else f"{p}: not a regular file")
-    fmt = sniff_format(p)
-    if fmt is None:
-        raise ImageReadError(f"{p}: not a PNG, JPEG, TIFF or DICOM file (content not recognised)")
+    fmt = _format_of(p)
     try:
         return _SHAPES[fmt](p, limits)
     except ImageReadError:
