@@ -3,8 +3,10 @@
 # the system libraries napari needs under Xvfb, and a virtual environment in .venv.
 #   scripts/setup.sh test   (default) napari, the test tools and the torch/torchvision pair
 #                           the tests' open_clip oracle imports
-#   scripts/setup.sh demo   napari and the package only; on a machine without an NVIDIA GPU
-#                           a CPU build of torch (far smaller, less memory at run time)
+#   scripts/setup.sh demo   napari and the package only (plus CLIP's BPE vocabulary file, from
+#                           open_clip's package without its dependencies); on a machine
+#                           without an NVIDIA GPU a CPU build of torch (far smaller, less
+#                           memory at run time)
 # Idempotent: a second run only checks. Override the interpreter with PYTHON=...,
 # the venv location with VENV=..., the torch pair with TORCH_SPEC="torch==X torchvision==Y"
 # and the CPU build with TORCH_CPU_SPEC="torch==X --extra-index-url URL".
@@ -90,6 +92,13 @@ STAMP="$VENV/.installed-$EXTRAS-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
     echo "== installing napari-causalseg (editable) with [$EXTRAS]"
     $PIP install -q -e ".[$EXTRAS]" "$TORCH_PIN" 2>&1 | grep -v "is ignored" || true
+    if [ "$MODE" = demo ]; then
+        # CLIP's BPE vocabulary, offline: the file in open_clip's package is all the engine
+        # reads, so open_clip comes without its dependencies (torchvision would pin torch).
+        $PIP install -q --no-deps "open_clip_torch>=2.24" 2>&1 | grep -v "is ignored" || true
+        WANT_VOCAB="from napari_causalseg.engine.bpe_source import find_vocabulary; find_vocabulary(allow_download=False)"
+        "$VENV/bin/python" -c "$WANT_VOCAB" || { echo "CLIP's BPE vocabulary did not install" >&2; exit 1; }
+    fi
     WANT="import napari_causalseg.engine, napari"
     [ "$MODE" = test ] && WANT="$WANT, open_clip, pytest"
     "$VENV/bin/python" -c "$WANT" || {

@@ -1,4 +1,4 @@
-"""CLIP's byte-pair encoding, read from the vocabulary file that ships with open_clip.
+"""CLIP's byte-pair encoding, read from OpenAI's vocabulary file (see bpe_source.py).
 
 Why not open_clip's tokenizer object: importing anything from open_clip runs its
 package `__init__`, which imports torchvision and with it torch._dynamo, sympy and
@@ -15,14 +15,15 @@ from __future__ import annotations
 import functools
 import gzip
 import html
-import importlib.util
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import ftfy
 import regex
 
-VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+from .bpe_source import VocabularyError, find_vocabulary
+
 N_MERGES = 49152 - 256 - 2  # the merges CLIP was trained with (the file has more lines)
 # words, single digits, runs of other symbols, and English contractions
 _PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
@@ -49,20 +50,6 @@ def byte_symbols() -> dict[int, str]:
     return table
 
 
-def default_vocab_path() -> Path:
-    """The vocabulary inside the installed open_clip package, found without importing it."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "CLIP's BPE vocabulary ships with open_clip; install it with "
-            "`pip install open_clip_torch`"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / VOCAB_FILE
-    if not path.is_file():
-        raise RuntimeError(f"CLIP's BPE vocabulary is missing from the open_clip install: {path}")
-    return path
-
-
 @dataclass(frozen=True)
 class BPEVocabulary:
     """Token ids, merge ranks and the byte table of one vocabulary file."""
@@ -82,13 +69,31 @@ class BPEVocabulary:
         return self.encoder["<end_of_text>"]
 
 
-@functools.lru_cache(maxsize=4)
 def load_vocabulary(path: str | Path | None = None) -> BPEVocabulary:
+    """The vocabulary in `path` (gzip or plain text), else in the first place that has it."""
+    return _parse(Path(path) if path is not None else find_vocabulary())
+
+
+def read_merges(path: Path) -> list[tuple[str, str]]:
+    """CLIP's merges from either form of the file: a header line, then one pair a line."""
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+        raise VocabularyError(f"{path} cannot be read as CLIP's BPE vocabulary: {exc}") from exc
+    merges = [tuple(line.split()) for line in text.split("\n")[1 : N_MERGES + 1]]
+    if len(merges) < N_MERGES or any(len(m) != 2 for m in merges):
+        raise VocabularyError(
+            f"{path} is not CLIP's BPE vocabulary: CLIP's has {N_MERGES:,} merges, one pair of "
+            "symbols a line after a header line; use bpe_simple_vocab_16e6.txt.gz or CLIP's merges.txt"
+        )
+    return merges
+
+
+@functools.lru_cache(maxsize=4)
+def _parse(path: Path) -> BPEVocabulary:
     """Parsed once per process and file: the tables are read-only after this."""
-    path = Path(path) if path is not None else default_vocab_path()
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]
+    merges = read_merges(path)
     byte_encoder = byte_symbols()
     symbols = list(byte_encoder.values())
     vocab = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges),
