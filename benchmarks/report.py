@@ -85,7 +85,12 @@ def _details(r: dict[str, Any]) -> list[str]:
         f"{tr['batch']}): per image {tr['train_step_per_image']['min']:.3f} / "
         f"{tr['train_step_per_image']['median']:.3f} fast, "
         f"{tr['reference_train_step_per_image']['min']:.2f} / "
-        f"{tr['reference_train_step_per_image']['median']:.2f} reference."),
+        f"{tr['reference_train_step_per_image']['median']:.2f} reference, both with freed memory "
+        f"kept in the process as the package's Trainer does on the CPU "
+        f"({'applied' if tr.get('freed_memory_kept') else 'not available here'}; host_memory.py). "
+        f"The fast model with malloc's defaults (a fresh mmap per large tensor): "
+        f"{tr['train_step_per_image_default_malloc']['min']:.3f} / "
+        f"{tr['train_step_per_image_default_malloc']['median']:.3f}."),
         (f"- Peak RSS: VmHWM (peak resident set) of a fresh child process that imports torch and "
          f"this package's engine, loads the model from a checkpoint file with "
          f"`Segmenter.from_checkpoint` ({r['details']['peak_rss']['parameters_mb']:.0f} MiB of "

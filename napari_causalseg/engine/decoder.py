@@ -55,11 +55,12 @@ def _folded_for_inference(block: nn.Sequential) -> tuple[torch.Tensor, torch.Ten
 
 def _up_conv_bn_relu(x: torch.Tensor, block: nn.Sequential) -> torch.Tensor:
     """ReLU(BN(conv3x3(up_x4(x)))) on channels-last (B, h, w, C) -> (B, 4h, 4w, C')."""
-    conv, bn, relu = block
+    conv, bn, _ = block
     if bn.training or bn.running_mean is None:
-        # BN must see the true full-resolution conv output to take batch statistics.
+        # BN must see the true full-resolution conv output to take batch statistics; its
+        # backward needs its input, not its output, so the ReLU runs in place.
         out = upsample_conv3x3(x, conv.weight, conv.bias)
-        return relu(bn(out.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        return F.relu(bn(out.permute(0, 3, 1, 2)), inplace=True).permute(0, 2, 3, 1)
     if torch.is_grad_enabled():
         return upsample_conv3x3_taps(x, *_fold_batchnorm(conv, bn), relu=True)
     return upsample_conv3x3_taps(x, *_folded_for_inference(block), relu=True)

@@ -33,6 +33,9 @@ class TrainConfig:
     # spent. For fine-tuning under a budget; not resumable to the same numbers.
     time_budget_s: float | None = None
     save_last: bool = True  # also write last.safetensors + state each epoch (for --resume)
+    # On the CPU (Linux, glibc): freed memory stays in the process while training, so the
+    # step's large tensors are reused instead of page-faulted anew (host_memory.py).
+    keep_freed_memory: bool = True
 
     def __post_init__(self) -> None:
         """Refuse values that would silently train nothing or fail deep inside the loop."""

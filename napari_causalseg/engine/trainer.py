@@ -33,6 +33,7 @@ from .data.dataset import CaseDataset
 from .device import resolve_device
 from .evaluate import evaluate_dataset
 from .events import TrainEvent
+from .host_memory import keep_freed_memory
 from .model import CausalCLIPSeg
 from .objective import causal_objective
 from .tokenizer import NoteTokenizer
@@ -199,6 +200,12 @@ class Trainer:
 
     # the loop ----------------------------------------------------------------
     def run(self) -> Iterator[TrainEvent]:
+        """Progress events until done; on the CPU, freed memory is reused across steps."""
+        keep = self.config.keep_freed_memory and self.device.type == "cpu"
+        with keep_freed_memory(keep):
+            yield from self._run()
+
+    def _run(self) -> Iterator[TrainEvent]:
         cfg = self.config
         steps = self.steps_per_epoch()
         clock = _Clock(time.perf_counter())

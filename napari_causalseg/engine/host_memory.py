@@ -1,0 +1,63 @@
+"""Keep freed host memory in the process while training on the CPU (glibc only).
+
+Why: a training step at 224 px allocates and frees tens of full-resolution tensors of
+~200 MB (the decoders' features, their gradients). glibc serves each from a fresh mmap
+and unmaps it on free, so every step page-faults ~GBs of new, kernel-zeroed memory:
+measured on a 2-core machine, half of an rn101 step's time. With mmap off for the
+duration and no trimming, freed blocks go back to malloc's heap and the next step reuses
+them (same numbers, ~1.6x faster steps, ~7 % higher peak memory). When training ends the
+defaults come back and the unused heap is returned to the system.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import sys
+import threading
+from collections.abc import Iterator
+
+# mallopt parameters (malloc.h) and glibc's defaults for them
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_NEVER_TRIM = 2**31 - 1  # mallopt takes an int
+
+_lock = threading.Lock()
+_depth = 0  # nested or concurrent runs in one process share one setting
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - present in glibc only (not musl)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
+    """Within the block, freed memory stays in the process for reuse; yields whether
+    that applies here (Linux with glibc)."""
+    global _depth
+    libc = _glibc() if enabled else None
+    if libc is None:
+        yield False
+        return
+    with _lock:
+        if _depth == 0:
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)
+        _depth += 1
+    try:
+        yield True
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                libc.malloc_trim(0)
