@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_causalseg.engine import CausalCLIPSeg, get_config
-from napari_causalseg.engine.decoder import TextConditionedDecoder
+from napari_causalseg.engine.decoder import TextConditionedDecoder, _PixelProjection
 from napari_causalseg.engine.upconv import interpolation_matrix, upsample_conv3x3
 from napari_causalseg.testing.reference import ReferenceDecoder, reference_from
 
@@ -106,6 +106,17 @@ def test_decoder_matches_reference(train):
     if train:  # the same batch statistics went into the running averages
         for (name, a), b in zip(fast.named_buffers(), ref.buffers()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_pixel_projection_gradients():
+    """The note's per-tap projection has its own backward (a faster product order)."""
+    torch.manual_seed(4)
+    bias = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    pixels = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    want = bias[:, None] + pixels @ weight.transpose(1, 2)
+    torch.testing.assert_close(_PixelProjection.apply(bias, pixels, weight), want)
+    assert torch.autograd.gradcheck(_PixelProjection.apply, (bias, pixels, weight))
 
 
 def test_logits_broadcast_one_note_many_images_and_back():
