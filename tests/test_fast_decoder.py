@@ -119,6 +119,24 @@ def test_pixel_projection_gradients():
     assert torch.autograd.gradcheck(_PixelProjection.apply, (bias, pixels, weight))
 
 
+def test_pixel_projection_under_autocast_behaves_like_baddbmm():
+    """bf16 autocast (the Trainer's on CUDA; the CPU has the same rules): bf16 out, and
+    gradients in each input's own dtype, equal to autograd's through baddbmm."""
+    torch.manual_seed(5)
+    inputs = [torch.randn(2, 3), torch.randn(2, 40, 8), torch.randn(2, 3, 8)]
+    grads = []
+    for fn in (_PixelProjection.apply, lambda b, p, w: torch.baddbmm(b[:, None], p, w.transpose(1, 2))):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(*leaves)
+        assert out.dtype == torch.bfloat16
+        out.float().square().sum().backward()
+        grads.append([t.grad for t in leaves])
+    for ours, theirs in zip(*grads):
+        assert ours.dtype == theirs.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, rtol=2e-2, atol=2e-2)
+
+
 def test_logits_broadcast_one_note_many_images_and_back():
     fast, _ = make_decoders()
     fast.eval()

@@ -27,7 +27,7 @@ from torch import nn
 from .bn_folding import batchnorm_affine
 from .causal import conv_bn_relu
 from .onednn import Linear
-from .upconv import tap_weights, upsample_conv3x3, upsample_conv3x3_taps
+from .upconv import _autocast_dtype, tap_weights, upsample_conv3x3, upsample_conv3x3_taps
 
 
 def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,16 +77,24 @@ class _PixelProjection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, bias: torch.Tensor, pixels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # under autocast behave like baddbmm: compute in, and return, its dtype
+        dtype = _autocast_dtype(pixels.device.type) or pixels.dtype
+        ctx.dtypes = (bias.dtype, pixels.dtype, weight.dtype)
+        bias, pixels, weight = bias.to(dtype), pixels.to(dtype), weight.to(dtype)
         ctx.save_for_backward(pixels, weight)
-        return torch.baddbmm(bias[:, None], pixels, weight.transpose(1, 2))
+        with torch.autocast(pixels.device.type, enabled=False):
+            return torch.baddbmm(bias[:, None], pixels, weight.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         pixels, weight = ctx.saved_tensors
-        grad_bias = grad.sum(1) if ctx.needs_input_grad[0] else None
-        grad_pixels = torch.bmm(grad, weight) if ctx.needs_input_grad[1] else None
-        grad_weight = torch.bmm(grad.transpose(1, 2), pixels) if ctx.needs_input_grad[2] else None
-        return grad_bias, grad_pixels, grad_weight
+        grad = grad.to(pixels.dtype)
+        needs = ctx.needs_input_grad
+        with torch.autocast(pixels.device.type, enabled=False):
+            grads = (grad.sum(1) if needs[0] else None,
+                     torch.bmm(grad, weight) if needs[1] else None,
+                     torch.bmm(grad.transpose(1, 2), pixels) if needs[2] else None)
+        return tuple(g.to(d) if g is not None else None for g, d in zip(grads, ctx.dtypes))
 
 
 class _VisualPath(nn.Sequential):
