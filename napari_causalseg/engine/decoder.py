@@ -27,7 +27,7 @@ from torch import nn
 from .bn_folding import batchnorm_affine
 from .causal import conv_bn_relu
 from .onednn import Linear
-from .upconv import _autocast_dtype, tap_weights, upsample_conv3x3, upsample_conv3x3_taps
+from .upconv import autocast_dtype, tap_weights, upsample_conv3x3, upsample_conv3x3_taps
 
 
 def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +78,7 @@ class _PixelProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, bias: torch.Tensor, pixels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # under autocast behave like baddbmm: compute in, and return, its dtype
-        dtype = _autocast_dtype(pixels.device.type) or pixels.dtype
+        dtype = autocast_dtype(pixels.device.type) or pixels.dtype
         ctx.dtypes = (bias.dtype, pixels.dtype, weight.dtype)
         bias, pixels, weight = bias.to(dtype), pixels.to(dtype), weight.to(dtype)
         ctx.save_for_backward(pixels, weight)

@@ -237,7 +237,7 @@ def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: 
     return grad_x, grad_taps, grad_b
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
+def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The autocast dtype in force for this device type, if any (old and new torch APIs)."""
     if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
         if torch.is_autocast_enabled(device_type):
@@ -253,7 +253,7 @@ class _UpsampleConv3x3(torch.autograd.Function):
     def forward(ctx, x, taps, bias, reuse, relu):
         device = x.device.type
         # under autocast behave like a convolution: compute in, and return, its dtype
-        dtype = _autocast_dtype(device) or x.dtype
+        dtype = autocast_dtype(device) or x.dtype
         b, h, w, _ = x.shape
         ctx.dtypes = (x.dtype, taps.dtype, bias.dtype if bias is not None else None)
         xw = x.to(dtype).permute(2, 0, 1, 3).contiguous()  # (w, b, h, C_in): see _forward
