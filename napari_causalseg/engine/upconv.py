@@ -62,7 +62,7 @@ class _Plan:
 
     rows: torch.Tensor  # (H, 3h), columns in (low-res row, tap) order
     cols: torch.Tensor  # (W, 3w), columns in (tap, low-res column) order
-    cols_t: torch.Tensor  # (3w, W)
+    col_groups_t: tuple[tuple[int, int, int, int, int, torch.Tensor], ...]  # (kx, b0, b1, o0, o1, coeff)
     col_groups: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (o0, o1, s0, s1, coeff)
     groups: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (o0, o1, r0, r1, rows[o0:o1, 3r0:3r1])
     groups_t: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (r0, r1, o0, o1, that, transposed)
@@ -89,6 +89,23 @@ def _col_groups(cols: torch.Tensor, w: int, s: int):
         if block[:, :, :s0].any() or block[:, :, s1:].any():
             raise AssertionError("interpolation matrix is not banded as assumed")
         groups.append((o0, o1, s0, s1, block[:, :, s0:s1].reshape(o1 - o0, 3 * (s1 - s0))))
+    return groups
+
+
+def _col_groups_t(cols: torch.Tensor, w: int, s: int):
+    """The width product's transpose (backward) cut the same way: for each tap and group of
+    low-res columns, only the output columns that read them (the rest is zero)."""
+    taps = cols.view(s * w, 3, w)
+    groups = []
+    size = _group_size(w)
+    for b0 in range(0, w, size):
+        b1 = min(b0 + size, w)
+        o0, o1 = max(s * (b0 - 1), 0), min(s * (b1 + 1), s * w)
+        for kx in range(3):
+            block = taps[:, kx, b0:b1]
+            if block[:o0].any() or block[o1:].any():
+                raise AssertionError("interpolation matrix is not banded as assumed")
+            groups.append((kx, b0, b1, o0, o1, block[o0:o1].T))
     return groups
 
 
@@ -123,7 +140,8 @@ def _plan(h: int, w: int, scale: int, dtype: torch.dtype, device: torch.device) 
         return t.to(device=device, dtype=dtype).contiguous()
 
     return _Plan(
-        to(rows), to(cols), to(cols.T),
+        to(rows), to(cols),
+        tuple((*g[:5], to(g[5])) for g in _col_groups_t(cols, w, scale)),
         tuple((*g[:4], to(g[4])) for g in _col_groups(cols, w, scale)),
         tuple((*g[:4], to(g[4])) for g in forward),
         tuple((*g[:4], to(g[4])) for g in backward),
@@ -222,7 +240,12 @@ def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: 
         for r0, r1, o0, o1, coeff in plan.groups_t:
             torch.mm(coeff, flat[i, o0:o1], out=gz[i, 3 * r0 : 3 * r1])
     gz = gz.view(b, 3 * h, big_w, c_out).permute(2, 0, 1, 3).contiguous()
-    gt = torch.mm(plan.cols_t, gz.view(big_w, b * 3 * h * c_out)).view(3, w * b * h, 3 * c_out)
+    rest = b * 3 * h * c_out
+    gz = gz.view(big_w, rest)
+    gt = torch.empty(3, w, rest, dtype=g.dtype, device=g.device)
+    for kx, b0, b1, o0, o1, coeff in plan.col_groups_t:
+        torch.mm(coeff, gz[o0:o1], out=gt[kx, b0:b1])
+    gt = gt.view(3, w * b * h, 3 * c_out)
     del gz
     grad_x = grad_taps = grad_b = None
     if needs[0]:
