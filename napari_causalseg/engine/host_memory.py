@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import sys
 import threading
 from collections.abc import Iterator
@@ -27,12 +27,14 @@ _lock = threading.Lock()
 _depth = 0  # nested or concurrent runs in one process share one setting
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc() -> ctypes.CDLL | None:
+    """The C library this process runs on, if it is glibc (musl has no tunable malloc)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - present in glibc only (not musl)
+        libc = ctypes.CDLL(None)  # the symbols already loaded: no library search
+        libc.gnu_get_libc_version  # noqa: B018 - present in glibc only
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except (OSError, AttributeError):
         return None
