@@ -77,6 +77,26 @@ def test_upsample_conv3x3_is_exact(shape):
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
+def test_upsample_conv3x3_float32_training_products_are_exact():
+    """In float32 with autograd recording, the interpolation products and the gradients'
+    GEMMs run through oneDNN where the build has it (`onednn.mm`): the same values and
+    gradients as the straightforward layer computed in float64, to float32 rounding."""
+    torch.manual_seed(2)
+    x = torch.randn(3, 20, 17, 24, requires_grad=True)
+    weight = torch.randn(16, 24, 3, 3, requires_grad=True)
+    bias = torch.randn(16, requires_grad=True)
+    fast = upsample_conv3x3(x, weight, bias)
+    inputs64 = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    ref = conv_after_upsample(*inputs64)
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(fast.double(), ref, rtol=0, atol=1e-5 * scale)
+    g = torch.randn_like(fast)
+    got = torch.autograd.grad(fast, [x, weight, bias], g)
+    want = torch.autograd.grad(ref, inputs64, g.double())
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e, rtol=0, atol=1e-5 * e.abs().max().item())
+
+
 def test_upsample_conv3x3_gradcheck():
     torch.manual_seed(1)
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)

@@ -41,3 +41,39 @@ def test_linear_with_residual_and_packed_weights():
         if onednn._onednn_linear() is not None:
             packed = torch.ops.mkldnn._reorder_linear_weight(w)
             torch.testing.assert_close(Linear(packed, bias)(x), x @ w.T + bias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_records_its_own_gradients_equal_to_torch(with_bias):
+    """Under autograd a float32 CPU Linear is `_LinearFunction` (oneDNN's products both
+    ways, where the build has them): outputs and all gradients as F.linear's."""
+    torch.manual_seed(2)
+    x = torch.randn(4, 7, 64, requires_grad=True)
+    w = torch.randn(96, 64, requires_grad=True)
+    bias = torch.randn(96, requires_grad=True) if with_bias else None
+    out = Linear(w, bias)(x)
+    if onednn._onednn_linear() is not None:
+        assert type(out.grad_fn).__name__ == "_LinearFunctionBackward"
+    want = torch.nn.functional.linear(x, w, bias)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(want)
+    inputs = [x, w] + ([bias] if with_bias else [])
+    for a, e in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(want, inputs, g)):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)
+    res = torch.randn(4, 7, 96)
+    torch.testing.assert_close(Linear(w, bias)(x, residual=res), want + res, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_under_autocast_or_in_float64_is_torchs():
+    """Autocast changes the dtype F.linear computes in, float64 is not oneDNN's: both are
+    left to torch, so dtypes and gradients are what torch gives."""
+    x, w, bias = torch.randn(5, 8, requires_grad=True), torch.randn(3, 8), torch.randn(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = Linear(w, bias)(x)
+    assert out.dtype == torch.bfloat16
+    assert type(out.grad_fn).__name__ != "_LinearFunctionBackward"
+    x64 = x.detach().double().requires_grad_()
+    out = Linear(w.double(), bias.double())(x64)
+    assert out.dtype == torch.float64
+    out.sum().backward()
+    torch.testing.assert_close(x64.grad, w.double().sum(0).expand(5, 8))

@@ -5,8 +5,10 @@ MKL's sgemm ran at about half the speed of oneDNN's inner product for every shap
 package multiplies (measured on AMD EPYC, torch 2.14: 15x512 by 512x1536, 3136x512 by
 512x768, 56x45 by 45x57344, ...). oneDNN ships inside torch, so these helpers call its
 fused linear op (`torch.ops.mkldnn._linear_pointwise`) when the build has a working one,
-and torch.mm / F.linear otherwise and whenever autograd records (the op has no backward;
-a custom autograd Function's own forward and backward run without recording).
+and torch.mm / F.linear otherwise. The op has no backward, so `mm` computes with torch
+whenever autograd records (a custom autograd Function's own forward and backward run
+without recording), and `Linear` records its own: `_LinearFunction`, whose backward is
+oneDNN's products too (the text tower and the dense attention pool in training: ~2x).
 """
 
 from __future__ import annotations
@@ -43,6 +45,44 @@ def _op_for(x: torch.Tensor):
     return _onednn_linear()
 
 
+def _recordable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """oneDNN's op for an F.linear that autograd records, if `_LinearFunction` applies:
+    float32 CPU tensors, no autocast (which would change the dtype F.linear computes in)."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.is_mkldnn for t in tensors):
+        return None
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        autocast = torch.is_autocast_enabled("cpu")
+    else:
+        autocast = torch.is_autocast_cpu_enabled()
+    return None if autocast else _onednn_linear()
+
+
+class _LinearFunction(torch.autograd.Function):
+    """F.linear with oneDNN's products in both directions: y = x W^T + b, dx = dy W,
+    dW = dy^T x (dy^T copied first: oneDNN reads a transposed left operand slowly)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        ctx.save_for_backward(rows, weight)
+        ctx.shape = x.shape
+        ctx.has_bias = bias is not None
+        out = _onednn_linear()(rows, weight, bias, "none", [], "")
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        rows, weight = ctx.saved_tensors
+        grad = grad.reshape(-1, weight.shape[0])
+        needs = ctx.needs_input_grad
+        grad_x = mm(grad, weight).view(ctx.shape) if needs[0] else None
+        grad_w = mm(grad.T.contiguous(), rows) if needs[1] else None
+        grad_b = grad.sum(0) if ctx.has_bias and needs[2] else None
+        return grad_x, grad_w, grad_b
+
+
 class Linear(NamedTuple):
     weight: torch.Tensor  # (out, in), or oneDNN's packed form of it
     bias: torch.Tensor | None
@@ -55,6 +95,9 @@ class Linear(NamedTuple):
             if residual is None:
                 return op(x, w, self.bias, "none", [], "")
             return op.binary(x, residual, w, self.bias, "add")
+        if torch.is_grad_enabled() and _recordable(x, w, self.bias) is not None:
+            out = _LinearFunction.apply(x, w, self.bias)
+            return out if residual is None else out + residual
         out = F.linear(x, w, self.bias)
         return out if residual is None else out.add_(residual)
 

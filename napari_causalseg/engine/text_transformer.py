@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .onednn import Linear, linear
+
 
 class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
@@ -40,10 +42,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = Linear(self.in_proj_weight, self.in_proj_bias)(x)  # oneDNN's product on the CPU
         q, k, v = qkv.view(b, n, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, width))
+        return linear(out.transpose(1, 2).reshape(b, n, width), self.out_proj)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -60,7 +62,8 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        mlp = self.mlp  # a container (state-dict names); its linears run through oneDNN
+        return x + linear(mlp.gelu(linear(self.ln_2(x), mlp.c_fc)), mlp.c_proj)
 
 
 class Transformer(nn.Module):
