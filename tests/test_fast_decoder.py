@@ -139,6 +139,24 @@ def test_pixel_projection_gradients():
     assert torch.autograd.gradcheck(_PixelProjection.apply, (bias, pixels, weight))
 
 
+def test_pixel_projection_float32_matches_float64():
+    """Float32 on the CPU runs per sample through oneDNN where the build has it: values
+    and all three gradients as the straightforward expression in float64."""
+    torch.manual_seed(6)
+    inputs = [torch.randn(3, 9), torch.randn(3, 500, 64), torch.randn(3, 9, 64)]
+    leaves32 = [t.clone().requires_grad_() for t in inputs]
+    leaves64 = [t.double().requires_grad_() for t in inputs]
+    out = _PixelProjection.apply(*leaves32)
+    b, p, w = leaves64
+    want = b[:, None] + p @ w.transpose(1, 2)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(want)
+    out.backward(g.float())
+    want.backward(g)
+    for ours, theirs in zip(leaves32, leaves64):
+        torch.testing.assert_close(ours.grad.double(), theirs.grad, rtol=1e-5, atol=1e-4)
+
+
 def test_pixel_projection_under_autocast_behaves_like_baddbmm():
     """bf16 autocast (the Trainer's on CUDA; the CPU has the same rules): bf16 out, and
     gradients in each input's own dtype, equal to autograd's through baddbmm."""

@@ -26,7 +26,7 @@ from torch import nn
 
 from .bn_folding import batchnorm_affine
 from .causal import conv_bn_relu
-from .onednn import Linear
+from .onednn import Linear, applies, mm
 from .upconv import autocast_dtype, tap_weights, upsample_conv3x3, upsample_conv3x3_taps
 
 
@@ -83,6 +83,11 @@ class _PixelProjection(torch.autograd.Function):
         bias, pixels, weight = bias.to(dtype), pixels.to(dtype), weight.to(dtype)
         ctx.save_for_backward(pixels, weight)
         with torch.autocast(pixels.device.type, enabled=False):
+            if applies(pixels):  # per sample through oneDNN: ~1.7x baddbmm's speed on the CPU
+                out = pixels.new_empty(pixels.shape[:2] + weight.shape[1:2])
+                for i in range(len(pixels)):
+                    mm(pixels[i], weight[i].T, out=out[i], bias=bias[i])
+                return out
             return torch.baddbmm(bias[:, None], pixels, weight.transpose(1, 2))
 
     @staticmethod
@@ -91,9 +96,13 @@ class _PixelProjection(torch.autograd.Function):
         grad = grad.to(pixels.dtype)
         needs = ctx.needs_input_grad
         with torch.autocast(pixels.device.type, enabled=False):
+            grad_w = None
+            if needs[2] and applies(pixels):
+                grad_w = torch.stack([mm(g.T.contiguous(), p) for g, p in zip(grad, pixels)])
+            elif needs[2]:
+                grad_w = torch.bmm(grad.transpose(1, 2), pixels)
             grads = (grad.sum(1) if needs[0] else None,
-                     torch.bmm(grad, weight) if needs[1] else None,
-                     torch.bmm(grad.transpose(1, 2), pixels) if needs[2] else None)
+                     torch.bmm(grad, weight) if needs[1] else None, grad_w)
         return tuple(g.to(d) if g is not None else None for g, d in zip(grads, ctx.dtypes))
 
 

@@ -39,6 +39,11 @@ def _onednn_linear():
         return None
 
 
+def applies(x: torch.Tensor) -> bool:
+    """Whether `mm(x, ...)` runs through oneDNN here (CPU, float32, not recorded)."""
+    return _op_for(x) is not None
+
+
 def _op_for(x: torch.Tensor):
     if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
         return None

@@ -207,18 +207,26 @@ def _forward(
     # anyway, oneDNN's product plus the copy took about half of MKL's time in place (AMD
     # EPYC, batch 4, 512->256 at 56->224 px: 36 vs 66 ms for the height product).
     product = torch.mm if reuse else mm
-    z = _scratch("b", (big_w, rest), xw, reuse)
+    if reuse:
+        z = _scratch("b", (big_w, rest), xw, reuse)
+    else:  # each group's new result is copied straight to its place in step 3's layout
+        zt = torch.empty(b, 3 * h, big_w, c_out, dtype=xw.dtype, device=xw.device)
+        dest = zt.permute(2, 0, 1, 3)  # (W, b, 3h, c)
     for o0, o1, s0, s1, coeff in plan.col_groups:
         if s1 - s0 == w:
             src = t.view(3 * w, rest)
         else:
             src = _scratch("c", (3, s1 - s0, rest), xw, reuse)
             src.copy_(t.view(3, w, rest)[:, s0:s1])
-        product(coeff, src.view(-1, rest), out=z[o0:o1])
+        if reuse:
+            torch.mm(coeff, src.view(-1, rest), out=z[o0:o1])
+        else:
+            dest[o0:o1].copy_(mm(coeff, src.view(-1, rest)).view(o1 - o0, b, 3 * h, c_out))
     del t, src  # the first buffer is reused for the transposed copy
     # 3. rows outermost for the last product: (b, (h, ky), (W, c))
-    zt = _scratch("a", (b, 3 * h, big_w, c_out), xw, reuse)
-    zt.copy_(z.view(big_w, b, 3 * h, c_out).permute(1, 2, 0, 3))
+    if reuse:
+        zt = _scratch("a", (b, 3 * h, big_w, c_out), xw, reuse)
+        zt.copy_(z.view(big_w, b, 3 * h, c_out).permute(1, 2, 0, 3))
     z = zt.view(b, 3 * h, n)
     # 4. upsample + shift along the height, sum over ky: (b, H, W, c)
     out = torch.empty(b, big_h, big_w, c_out, dtype=xw.dtype, device=xw.device)
@@ -240,11 +248,12 @@ def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: 
     big_h, big_w, n = SCALE * h, SCALE * w, SCALE * w * c_out
     g = g.contiguous()
     flat = g.view(b, big_h, n)
-    gz = torch.empty(b, 3 * h, n, dtype=g.dtype, device=g.device)
+    # each group's result goes straight to the width product's layout, (W, (b, 3h, c))
+    gz = torch.empty(big_w, b, 3 * h, c_out, dtype=g.dtype, device=g.device)
     for i in range(b):
         for r0, r1, o0, o1, coeff in plan.groups_t:
-            mm(coeff, flat[i, o0:o1], out=gz[i, 3 * r0 : 3 * r1])
-    gz = gz.view(b, 3 * h, big_w, c_out).permute(2, 0, 1, 3).contiguous()
+            part = mm(coeff, flat[i, o0:o1]).view(3 * (r1 - r0), big_w, c_out)
+            gz[:, i, 3 * r0 : 3 * r1].copy_(part.transpose(0, 1))
     rest = b * 3 * h * c_out
     gz = gz.view(big_w, rest)
     gt = torch.empty(3, w, rest, dtype=g.dtype, device=g.device)
@@ -263,7 +272,9 @@ def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: 
         rows_t = xw.reshape(w * b * h, c_in).T.contiguous()
         grad_taps = torch.stack([mm(rows_t, gt[kx]) for kx in range(3)])
     if needs[2]:
-        grad_b = g.sum(dim=(0, 1, 2))
+        # the bias entered through the centre tap, whose upsampling rows sum to 1: its
+        # gradient is the sum of gt's centre block (1/9 of gt) rather than of all of g
+        grad_b = gt[1].view(-1, 3, c_out)[:, 1].sum(0)
     return grad_x, grad_taps, grad_b
 
 
