@@ -30,6 +30,7 @@ from .device import resolve_device
 from .factory import build_model
 from .model import CausalCLIPSeg
 from .notes import all_notes
+from .packed_convs import pack_convolutions_
 from .prefetch import NotePrefetch
 from .preprocess import PreprocessConfig, prepare_image, resize_to, to_grey_or_rgb
 from .text_inference import PackedTextTower, encode_text
@@ -130,6 +131,15 @@ class Segmenter:
         self._weights_file = weights_file if self.device.type == "cpu" else None
         self.prefetch: NotePrefetch | None = None
         self._packed_text: PackedTextTower | None = None
+        if fuse and self.device.type == "cpu":
+            # the image side's convolutions with oneDNN's weight layout made once (faster
+            # first prompts); a mapped weight's file pages go, the packed copy replaces them
+            size = self.model.config.image_size
+            example = torch.zeros(1, 3, size, size, device=self.device)
+            pack_convolutions_(
+                self.model, lambda: self.model.encode_image(example, with_confounding=False),
+                release=drop_mapped_pages if self._weights_file is not None else lambda w: None,
+            )
         text = self.model.text.transformer
         if fuse and self._weights_file is not None and PackedTextTower.available(text):
             # The text weights are file pages this model only reads: packed once (a copy),

@@ -1,0 +1,80 @@
+"""engine/packed_convs.py: the image side's convolutions with oneDNN-packed weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_causalseg.engine import Segmenter, SegmenterConfig, save_checkpoint
+from napari_causalseg.engine.packed_convs import PackedConv2d, pack_convolutions_, packing_available
+from napari_causalseg.testing.reference import with_batchnorm_statistics
+
+from .conftest import NOTE
+
+needs_packing = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed convolutions")
+
+
+def convs(module: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in module.modules())
+
+
+@needs_packing
+def test_segmenter_packs_the_image_side_and_agrees_with_the_unpacked_model(tmp_path, tiny_model, xray):
+    model = with_batchnorm_statistics(tiny_model).eval()
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model)
+    owned = Segmenter.from_checkpoint(path, SegmenterConfig(device="cpu"))
+    image_side = (owned.model.vision, owned.model.intervention)
+    assert sum(convs(part, nn.Conv2d) for part in image_side) == 0  # every one was replaced
+    assert sum(convs(part, PackedConv2d) for part in image_side) == convs(model.vision, nn.Conv2d) + convs(
+        model.intervention, nn.Conv2d)
+    assert convs(owned.model.causal_decoder, PackedConv2d) == 0  # the decoders have their own path
+    plain = Segmenter(model, SegmenterConfig(device="cpu"))  # a caller's model: left as it is
+    assert convs(plain.model, PackedConv2d) == 0
+    a, b = plain.image_features(xray), owned.image_features(xray)
+    scale = a.pixels.abs().max().item()
+    assert (a.pixels - b.pixels).abs().max().item() <= 1e-5 * scale
+    assert abs(a.confounder - b.confounder).max() < 1e-5
+    a, b = plain.segment(xray, NOTE), owned.segment(xray, NOTE)
+    assert abs(a.probability - b.probability).max() < 1e-5
+
+
+@needs_packing
+@pytest.mark.parametrize("stride,padding,bias", [(1, 1, True), (2, 1, False), (1, 0, True)])
+def test_packed_conv_computes_conv2d_at_other_sizes_and_layouts(stride, padding, bias):
+    """Packed for one input size, it still computes conv2d for another batch and size and
+    for a channels-last input (the dense pool hands the intervention such a tensor)."""
+    torch.manual_seed(0)
+    k = 3 if padding else 1
+    conv = nn.Conv2d(12, 20, k, stride=stride, padding=padding, bias=bias)
+    packed = PackedConv2d(conv, [1, 12, 14, 14])
+    for x in (torch.randn(1, 12, 14, 14), torch.randn(3, 12, 9, 17),
+              torch.randn(2, 12, 10, 10).contiguous(memory_format=torch.channels_last)):
+        with torch.inference_mode():
+            torch.testing.assert_close(packed(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_packing
+def test_packed_conv_refuses_what_it_cannot_run():
+    packed = PackedConv2d(nn.Conv2d(4, 4, 3, padding=1), [1, 4, 8, 8])
+    with pytest.raises(RuntimeError, match="float32 on the CPU"):
+        packed(torch.randn(1, 4, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="zero padding"):
+        PackedConv2d(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), [1, 4, 8, 8])
+
+
+@needs_packing
+def test_only_the_convolutions_that_run_are_packed_and_each_old_weight_is_released():
+    torch.manual_seed(1)
+    used, unused = nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(5, 5, 1)
+    model = nn.ModuleDict({"block": nn.Sequential(used, nn.ReLU()), "spare": unused})
+    x = torch.randn(1, 3, 8, 8)
+    want = F.relu(used(x))
+    released = []
+    assert pack_convolutions_(model, lambda: model["block"](x), release=released.append) == 1
+    assert isinstance(model["block"][0], PackedConv2d) and model["spare"] is unused
+    assert len(released) == 1 and released[0] is used.weight
+    with torch.inference_mode():
+        torch.testing.assert_close(model["block"](x), want, rtol=1e-5, atol=1e-6)
