@@ -69,6 +69,8 @@ def test_upsample_conv3x3_is_exact(shape):
         fast, ref = upsample_conv3x3(x, weight, bb), conv_after_upsample(x, weight, bb)
         assert fast.shape == (b, 4 * h, 4 * w, c_out)
         torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
+        with torch.no_grad():  # inference: image by image and row group, reused buffers
+            torch.testing.assert_close(upsample_conv3x3(x, weight, bb), ref, rtol=0, atol=1e-12)
         g = torch.randn_like(ref)
         inputs = [x, weight] + ([bb] if bb is not None else [])
         got = torch.autograd.grad(fast, inputs, g)

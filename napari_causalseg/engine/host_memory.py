@@ -63,3 +63,14 @@ def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
                 libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
                 libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
                 libc.malloc_trim(0)
+
+
+def return_free_heap() -> bool:
+    """Give the heap's free memory back to the system now (glibc's malloc_trim): after a
+    one-off burst of allocations, e.g. the forward pass that sizes the packed convolutions
+    of a new Segmenter, whose freed blocks would otherwise stay in the process."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

@@ -28,6 +28,7 @@ from .checkpoint import FileIdentity, drop_mapped_pages, load_checkpoint
 from .config import ModelConfig
 from .device import resolve_device
 from .factory import build_model
+from .host_memory import return_free_heap
 from .model import CausalCLIPSeg
 from .notes import all_notes
 from .packed_convs import pack_convolutions_
@@ -140,6 +141,7 @@ class Segmenter:
                 self.model, lambda: self.model.encode_image(example, with_confounding=False),
                 release=drop_mapped_pages if self._weights_file is not None else lambda w: None,
             )
+            return_free_heap()  # that forward's freed activations would stay in the heap
         text = self.model.text.transformer
         if fuse and self._weights_file is not None and PackedTextTower.available(text):
             # The text weights are file pages this model only reads: packed once (a copy),

@@ -18,9 +18,11 @@ backward pass is the same restructuring transposed; in training, BatchNorm then 
 output, which equals conv(up(x)) up to float rounding.
 
 Layout: the input is channels-last (B, h, w, C_in) and the output (B, 4h, 4w, C_out);
-only Z is transposed once between the two products. All work is in a handful of large
-GEMMs: many small ones (a batched matmul is a loop on the CPU) fall apart when other
-processes compete for the cores.
+only Z is transposed once between the two products. All work is in large GEMMs: many
+small ones (a batched matmul is a loop on the CPU) fall apart when other processes
+compete for the cores. At inference the layer runs one image and output row group (a
+quarter of the rows) at a time, so that its reused buffers hold a group, not an image;
+training runs every image at once.
 """
 
 from __future__ import annotations
@@ -151,12 +153,12 @@ def _plan(h: int, w: int, scale: int, dtype: torch.dtype, device: torch.device) 
 _workspace = threading.local()
 
 
-def _scratch(name: str, shape: tuple[int, ...], like: torch.Tensor, reuse: bool) -> torch.Tensor:
-    """A transient buffer. At inference (`reuse`) on the CPU it is kept per thread and
-    reused: fresh tens-of-MB tensors are mmapped and page-faulted on every call, which
-    cost a quarter of the decoder's time. Training allocates normally (batch-sized
-    buffers should not outlive it)."""
-    if like.device.type != "cpu" or not reuse:
+def _scratch(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A transient buffer for inference, kept per thread and reused on the CPU: fresh
+    tens-of-MB tensors are mmapped and page-faulted on every call, which cost a quarter
+    of the decoder's time. (Training allocates normally: batch-sized buffers should not
+    outlive it.)"""
+    if like.device.type != "cpu":
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     buffers = _workspace.__dict__.setdefault("buffers", {})
     numel = 1
@@ -185,58 +187,86 @@ def _forward(
     w, c_in = xw.shape[0], xw.shape[-1]
     c_out = taps.shape[-1] // 3
     plan = _plan(h, w, SCALE, xw.dtype, xw.device)
-    big_h, big_w, n = SCALE * h, SCALE * w, SCALE * w * c_out
-    rest = b * h * 3 * c_out
-    rows_in = xw.reshape(w * b * h, c_in)
+    out = torch.empty(b, SCALE * h, SCALE * w, c_out, dtype=xw.dtype, device=xw.device)
+    flat = out.view(b, SCALE * h, -1)
+    centre = None
+    if bias is not None:
+        # The centre tap's matrices are the plain upsampling (rows sum to 1), so a bias
+        # added there reaches every output pixel exactly once: conv + bias.
+        centre = torch.zeros(3, c_out, dtype=xw.dtype, device=xw.device)
+        centre[1] = bias
+        centre = centre.reshape(-1)
+    if reuse:
+        _by_row_group(xw.view(w, b, h, c_in), taps, centre, plan, flat, relu)
+        return out
     # 1. nine 1x1 mixings at low resolution: t[kx] = x @ W[:, :, :, kx], columns (ky, c)
-    t = _scratch("a", (3, w * b * h, 3 * c_out), xw, reuse)
+    rows_in = xw.reshape(w * b * h, c_in)
+    t = torch.empty(3, w * b * h, 3 * c_out, dtype=xw.dtype, device=xw.device)
     for kx in range(3):
-        if bias is not None and kx == 1:
-            # The centre tap's matrices are the plain upsampling (rows sum to 1), so a bias
-            # added there reaches every output pixel exactly once: conv + bias.
-            centre = torch.zeros(3, c_out, dtype=xw.dtype, device=xw.device)
-            centre[1] = bias
-            mm(rows_in, taps[kx], out=t[kx], bias=centre.reshape(-1))
-        else:
-            mm(rows_in, taps[kx], out=t[kx])
-    # 2. upsample + shift along the width, all taps kx at once: (W, (b, h, ky, c)), by
-    # groups of output columns, each from the 3 x (few) low-res columns it can touch.
-    # At inference (`reuse`) torch.mm in 2. and 4.: oneDNN's output is a new 10-13 MB
-    # tensor per group, copied into the buffer, which raised peak inference RSS by ~65
-    # MiB for ~10 % of these products' time. In training, where memory is kept for reuse
-    # anyway, oneDNN's product plus the copy took about half of MKL's time in place (AMD
-    # EPYC, batch 4, 512->256 at 56->224 px: 36 vs 66 ms for the height product).
-    product = torch.mm if reuse else mm
-    if reuse:
-        z = _scratch("b", (big_w, rest), xw, reuse)
-    else:  # each group's new result is copied straight to its place in step 3's layout
-        zt = torch.empty(b, 3 * h, big_w, c_out, dtype=xw.dtype, device=xw.device)
-        dest = zt.permute(2, 0, 1, 3)  # (W, b, 3h, c)
-    for o0, o1, s0, s1, coeff in plan.col_groups:
-        if s1 - s0 == w:
-            src = t.view(3 * w, rest)
-        else:
-            src = _scratch("c", (3, s1 - s0, rest), xw, reuse)
-            src.copy_(t.view(3, w, rest)[:, s0:s1])
-        if reuse:
-            torch.mm(coeff, src.view(-1, rest), out=z[o0:o1])
-        else:
-            dest[o0:o1].copy_(mm(coeff, src.view(-1, rest)).view(o1 - o0, b, 3 * h, c_out))
-    del t, src  # the first buffer is reused for the transposed copy
-    # 3. rows outermost for the last product: (b, (h, ky), (W, c))
-    if reuse:
-        zt = _scratch("a", (b, 3 * h, big_w, c_out), xw, reuse)
-        zt.copy_(z.view(big_w, b, 3 * h, c_out).permute(1, 2, 0, 3))
-    z = zt.view(b, 3 * h, n)
-    # 4. upsample + shift along the height, sum over ky: (b, H, W, c)
-    out = torch.empty(b, big_h, big_w, c_out, dtype=xw.dtype, device=xw.device)
-    flat = out.view(b, big_h, n)
+        mm(rows_in, taps[kx], out=t[kx], bias=centre if kx == 1 else None)
+    _rows_at_once(t.view(3, w, -1), plan, flat, b, h, c_out, relu)
+    return out
+
+
+def _by_row_group(x, taps, centre, plan: _Plan, flat, relu: bool) -> None:
+    """The whole layer at inference, one image and output row group at a time, from the
+    low-res rows that group reads (its own and a one-row halo: ~15 % more of the
+    low-res products). The per-thread buffers then hold a group, not an image (rn101 at
+    224 px: ~35 instead of ~85 MB kept between calls). x: (w, b, h, C_in).
+    torch.mm for the interpolation products: oneDNN's new 10-13 MB result per product
+    raised peak inference RSS."""
+    w, b, _, c_in = x.shape
+    c_out = taps.shape[-1] // 3
+    big_w = SCALE * w
     for i in range(b):
-        for o0, o1, r0, r1, coeff in plan.groups:
-            product(coeff, z[i, 3 * r0 : 3 * r1], out=flat[i, o0:o1])
+        for o0, o1, r0, r1, coeff_rows in plan.groups:
+            rows = r1 - r0
+            cols = rows * 3 * c_out  # (h, ky, c) of this group
+            xg = _scratch("x", (w, rows, c_in), x)
+            xg.copy_(x[:, i, r0:r1])
+            # 1. nine 1x1 mixings: t[kx] = x @ W[:, :, :, kx], rows (w, h), columns (ky, c)
+            t = _scratch("a", (3, w * rows, 3 * c_out), x)
+            for kx in range(3):
+                mm(xg.view(-1, c_in), taps[kx], out=t[kx], bias=centre if kx == 1 else None)
+            # 2. upsample + shift along the width, all taps kx at once, by groups of
+            # output columns, each from the 3 x (few) low-res columns it can touch
+            z = _scratch("b", (big_w, cols), x)
+            for q0, q1, s0, s1, coeff in plan.col_groups:
+                if s1 - s0 == w:
+                    src = t.view(3 * w, cols)
+                else:
+                    src = _scratch("c", (3, s1 - s0, cols), x)
+                    src.copy_(t.view(3, w, cols)[:, s0:s1])
+                torch.mm(coeff, src.view(-1, cols), out=z[q0:q1])
+            # 3. rows outermost for the last product: ((h, ky), (W, c))
+            zt = _scratch("d", (3 * rows, big_w, c_out), x)
+            zt.copy_(z.view(big_w, 3 * rows, c_out).transpose(0, 1))
+            # 4. upsample + shift along the height, sum over ky
+            torch.mm(coeff_rows, zt.view(3 * rows, -1), out=flat[i, o0:o1])
             if relu:
                 flat[i, o0:o1].clamp_min_(0)
-    return out
+
+
+def _rows_at_once(t, plan: _Plan, flat, b: int, h: int, c_out: int, relu: bool) -> None:
+    """Steps 2-4 in training, every image at once. oneDNN's product plus a copy of its
+    new result took about half of MKL's time in place (AMD EPYC, batch 4, 512->256 at
+    56->224 px: 36 vs 66 ms for the height product), and training keeps freed memory
+    for reuse anyway. Each width-product result goes straight to step 3's layout."""
+    w, big_w, rest = t.shape[1], SCALE * t.shape[1], t.shape[2]
+    n = flat.shape[-1]
+    # 2.+3. upsample + shift along the width: (W, (b, h, ky, c)), stored as (b, (h, ky), W, c)
+    zt = torch.empty(b, 3 * h, big_w, c_out, dtype=t.dtype, device=t.device)
+    dest = zt.permute(2, 0, 1, 3)  # (W, b, 3h, c)
+    for o0, o1, s0, s1, coeff in plan.col_groups:
+        src = t if s1 - s0 == w else t[:, s0:s1].contiguous()
+        dest[o0:o1].copy_(mm(coeff, src.reshape(-1, rest)).view(o1 - o0, b, 3 * h, c_out))
+    z = zt.view(b, 3 * h, n)
+    # 4. upsample + shift along the height, sum over ky: (b, H, W, c)
+    for i in range(b):
+        for o0, o1, r0, r1, coeff in plan.groups:
+            mm(coeff, z[i, 3 * r0 : 3 * r1], out=flat[i, o0:o1])
+            if relu:
+                flat[i, o0:o1].clamp_min_(0)
 
 
 def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: int, needs):
