@@ -110,7 +110,9 @@ def main() -> None:
         "rss_mb": stages,
         "file_rss_after_first_prompt_mb": file_split,
         "loaded_from": "checkpoint (memory-mapped)" if args.checkpoint else "random weights in memory",
-        "parameters_mb": round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1),
+        # the file's size: the Segmenter's packed convolutions are no longer parameters
+        "weights_mb": round((Path(args.checkpoint).stat().st_size if args.checkpoint else
+                             sum(p.numel() * p.element_size() for p in model.parameters())) / 2**20, 1),
         "cached_image_features_mb": round(seg.image_cache.total_cost / 2**20, 1),
         "config": args.config,
         "threads": torch.get_num_threads(),

@@ -93,8 +93,9 @@ def _details(r: dict[str, Any]) -> list[str]:
         f"{tr['train_step_per_image_default_malloc']['median']:.3f}."),
         (f"- Peak RSS: VmHWM (peak resident set) of a fresh child process that imports torch and "
          f"this package's engine, loads the model from a checkpoint file with "
-         f"`Segmenter.from_checkpoint` ({r['details']['peak_rss']['parameters_mb']:.0f} MiB of "
-         f"float32 parameters, memory-mapped copy-on-write), runs one first prompt and 5 "
+         f"`Segmenter.from_checkpoint` ({r['details']['peak_rss']['weights_mb']:.0f} MiB of "
+         f"float32 weights, memory-mapped copy-on-write; the image side's convolutions are "
+         f"packed into a copy for oneDNN and their file pages dropped), runs one first prompt and 5 "
          f"re-prompts and holds one cached image feature "
          f"({r['details']['peak_rss']['cached_image_features_mb']:.0f} MiB). RSS by stage, MiB "
          "(anon = the process's own memory, file = pages of libraries and of the mapped "

@@ -196,7 +196,7 @@ def _forward(
         centre = torch.zeros(3, c_out, dtype=xw.dtype, device=xw.device)
         centre[1] = bias
         centre = centre.reshape(-1)
-    if reuse:
+    if reuse and xw.device.type == "cpu":  # on a GPU, ~1000 small kernels per batch instead
         _by_row_group(xw.view(w, b, h, c_in), taps, centre, plan, flat, relu)
         return out
     # 1. nine 1x1 mixings at low resolution: t[kx] = x @ W[:, :, :, kx], columns (ky, c)
@@ -248,10 +248,11 @@ def _by_row_group(x, taps, centre, plan: _Plan, flat, relu: bool) -> None:
 
 
 def _rows_at_once(t, plan: _Plan, flat, b: int, h: int, c_out: int, relu: bool) -> None:
-    """Steps 2-4 in training, every image at once. oneDNN's product plus a copy of its
-    new result took about half of MKL's time in place (AMD EPYC, batch 4, 512->256 at
-    56->224 px: 36 vs 66 ms for the height product), and training keeps freed memory
-    for reuse anyway. Each width-product result goes straight to step 3's layout."""
+    """Steps 2-4 in training and on GPUs, every image at once. On the CPU, oneDNN's
+    product plus a copy of its new result took about half of MKL's time in place (AMD
+    EPYC, batch 4, 512->256 at 56->224 px: 36 vs 66 ms for the height product), and
+    training keeps freed memory for reuse anyway. Each width-product result goes
+    straight to step 3's layout."""
     w, big_w, rest = t.shape[1], SCALE * t.shape[1], t.shape[2]
     n = flat.shape[-1]
     # 2.+3. upsample + shift along the width: (W, (b, h, ky, c)), stored as (b, (h, ky), W, c)
