@@ -13,7 +13,12 @@ import torch.nn.functional as F
 
 from napari_causalseg.engine import CausalCLIPSeg, get_config
 from napari_causalseg.engine.decoder import TextConditionedDecoder, _PixelProjection
-from napari_causalseg.engine.upconv import interpolation_matrix, upsample_conv3x3
+from napari_causalseg.engine.upconv import (
+    interpolation_matrix,
+    tap_weights,
+    upsample_conv3x3,
+    upsample_conv3x3_taps,
+)
 from napari_causalseg.testing.reference import ReferenceDecoder, reference_from
 
 from .test_model import tokens
@@ -92,6 +97,11 @@ def test_upsample_conv3x3_float32_training_products_are_exact():
     ref = conv_after_upsample(*inputs64)
     scale = ref.abs().max().item()
     torch.testing.assert_close(fast.double(), ref, rtol=0, atol=1e-5 * scale)
+    with torch.no_grad():  # inference: by image and row group, oneDNN's products, ReLU fused
+        torch.testing.assert_close(upsample_conv3x3(x, weight, bias).double(), ref, rtol=0, atol=1e-5 * scale)
+        taps = tap_weights(weight)
+        fused = upsample_conv3x3_taps(x, taps, bias, relu=True).double()
+        torch.testing.assert_close(fused, ref.clamp_min(0), rtol=0, atol=1e-5 * scale)
     g = torch.randn_like(fast)
     got = torch.autograd.grad(fast, [x, weight, bias], g)
     want = torch.autograd.grad(ref, inputs64, g.double())
