@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: usable CPUs)")
     parser.add_argument("--repeats", type=int, default=7, help="first-prompt / reference-forward pairs")
     parser.add_argument("--reprompts", type=int, default=20)
-    parser.add_argument("--train-rounds", type=int, default=2, help="rounds of 1 reference + 2 fast steps")
+    parser.add_argument("--train-rounds", type=int, default=3,
+                        help="rounds of 1 reference + 2 fast steps (3: a median that one slow step cannot move)")
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--accelerator", default="cuda", help="device for the bf16 throughput part")
     parser.add_argument("--accel-seconds", type=float, default=3.0, help="time per throughput figure")

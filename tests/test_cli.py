@@ -93,6 +93,9 @@ def test_info_for_the_paper_model(capsys):
         (["segment", "/no/image.png", "--note", "x", "--out", "o"], "image not found: /no/image.png"),
         (["info", "--checkpoint", "/no/ckpt.safetensors"], "checkpoint not found"),
         (["info", "--checkpoint", "/"], "/ is a folder, not a checkpoint file: pass the .safetensors file"),
+        (["train", "/no/such/folder", "--out", "x", "--minutes", "0"], "--minutes must be positive, got 0"),
+        (["train", "/no/such/folder", "--out", "x", "--minutes", "5", "--nproc", "2"],
+         "--minutes needs one process"),
     ],
 )
 def test_errors_are_one_clear_line(capsys, argv, message):
@@ -227,3 +230,19 @@ def test_explicit_zero_values_are_the_users_not_the_defaults(capsys, synth_dir, 
     rc, _, err = run(capsys, *base, "--out", str(tmp_path / "lr0"), "--lr", "0")
     assert rc == 1 and "learning rate must be a positive number, got 0.0" in err
     assert not (tmp_path / "lr0" / "last.safetensors").exists()
+
+
+def test_train_for_a_few_seconds_stops_on_time_and_keeps_the_best(capsys, synth_dir, tmp_path):
+    """--minutes: the run ends when the time is spent (not at --epochs), validated, with
+    its best checkpoint written."""
+    run_dir = tmp_path / "timed"
+    rc, out, err = run(capsys, "train", str(synth_dir), "--out", str(run_dir), "--model", "tiny",
+                       "--pretrained", "none", "--epochs", "100000", "--batch-size", "2",
+                       "--steps-per-epoch", "1", "--minutes", "0.03", "--device", "cpu")
+    assert rc == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stopped"] == "time_limit" and 1 <= summary["epochs"] < 100000
+    assert (run_dir / "best.safetensors").is_file()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val"] is not None  # the last epoch is validated even off the schedule
+    assert 0.03 * 60 * 0.9 <= records[-1]["elapsed_s"] < 0.03 * 60 + 60  # the budget, not the epochs

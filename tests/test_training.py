@@ -176,3 +176,14 @@ def test_train_config_refuses_values_that_cannot_train(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})
     TrainConfig(patience=0, lam=0.0)  # the edges that do make sense are accepted
+
+
+def test_a_time_budget_is_refused_under_ddp(monkeypatch, synth_data):
+    """Each rank's clock would stop the run at its own step (and set its own learning
+    rate): the next all-reduce would hang, so a time budget needs one process."""
+    from napari_causalseg.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "_dist", lambda: (0, 2))  # as if rank 0 of 2
+    config = TrainConfig(epochs=5, batch_size=4, device="cpu", time_budget_s=60)
+    with pytest.raises(ValueError, match="time budget needs one process"):
+        Trainer(fresh_model(), synth_data.train, synth_data.val[:4], config)

@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lambda", dest="lam", type=float, default=None, help="weight of L_s (paper: 0.05)")
     t.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (paper: 100)")
     t.add_argument("--steps-per-epoch", type=int, default=None, help="cap steps per epoch (quick runs)")
+    t.add_argument("--minutes", type=float, default=None,
+                   help="train for this long (then validate and stop; --epochs still caps it); the "
+                        "learning rate follows a cosine over the time. One process only")
     t.add_argument("--freeze-encoders", action="store_true", help="keep the CLIP towers fixed")
     t.add_argument("--augment", action="store_true",
                    help="flips with mirrored notes, small pose and exposure changes (as finetune does)")

@@ -13,6 +13,12 @@ from .common import CLIError, open_splits
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.minutes is not None:
+        if not args.minutes > 0:
+            raise CLIError(f"--minutes must be positive, got {args.minutes:g}")
+        if args.nproc > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise CLIError("--minutes needs one process: under DDP each rank would stop at its own "
+                           "step; use --epochs with --nproc/torchrun")
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args.nproc, args.argv)
     import torch
@@ -59,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             device=args.device,
             num_workers=args.workers,
             steps_per_epoch=args.steps_per_epoch,
+            time_budget_s=None if args.minutes is None else 60 * args.minutes,
             truncate_notes=args.truncate_notes,
             augment=AugmentConfig() if args.augment else NO_AUGMENTATION,
         )

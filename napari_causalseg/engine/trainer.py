@@ -114,6 +114,10 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.provenance = dict(provenance or {})
         self.rank, self.world = _dist()
+        if self.world > 1 and config.time_budget_s:
+            # each rank's clock would end the run at its own step, and the budget's learning
+            # rate would differ between ranks: the next all-reduce would hang
+            raise ValueError("a time budget needs one process; under DDP set the epochs instead")
         self.device = resolve_device(config.device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())
