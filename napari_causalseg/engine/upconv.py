@@ -276,7 +276,7 @@ def _rows_at_once(t, plan: _Plan, flat, b: int, h: int, c_out: int, relu: bool) 
 
 def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: int, needs):
     """The same restructuring, transposed: row product, width product, then the GEMMs,
-    all through oneDNN where it applies (training only: see the forward's step 2)."""
+    all through oneDNN where it applies (training only: see `_rows_at_once`)."""
     w, c_in = xw.shape[0], xw.shape[-1]
     c_out = taps.shape[-1] // 3
     plan = _plan(h, w, SCALE, xw.dtype, xw.device)
