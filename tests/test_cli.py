@@ -19,6 +19,14 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
+def train_tiny(capsys, data, run_dir, *options: str) -> tuple[dict, str]:
+    """`causalseg train` of a random tiny model on the CPU: (its summary line, stderr)."""
+    rc, out, err = run(capsys, "train", str(data), "--out", str(run_dir), "--model", "tiny",
+                       "--pretrained", "none", "--batch-size", "2", "--device", "cpu", *options)
+    assert rc == 0, err
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli") / "synth"
@@ -29,11 +37,8 @@ def synth_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_train_evaluate_segment_info(capsys, synth_dir, tmp_path):
     run_dir = tmp_path / "run"
-    rc, out, err = run(capsys, "train", str(synth_dir), "--out", str(run_dir), "--model", "tiny",
-                       "--pretrained", "none", "--epochs", "2", "--batch-size", "2",
-                       "--steps-per-epoch", "2", "--lr", "1e-3", "--device", "cpu")
-    assert rc == 0, err
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary, err = train_tiny(capsys, synth_dir, run_dir, "--epochs", "2", "--steps-per-epoch", "2",
+                              "--lr", "1e-3")
     assert summary["stopped"] == "max_epochs" and summary["epochs"] == 2
     for name in ("best.safetensors", "best.json", "last.safetensors", "last.json",
                  "last.state.safetensors", "metrics.jsonl"):
@@ -236,11 +241,8 @@ def test_train_for_a_few_seconds_stops_on_time_and_keeps_the_best(capsys, synth_
     """--minutes: the run ends when the time is spent (not at --epochs), validated, with
     its best checkpoint written."""
     run_dir = tmp_path / "timed"
-    rc, out, err = run(capsys, "train", str(synth_dir), "--out", str(run_dir), "--model", "tiny",
-                       "--pretrained", "none", "--epochs", "100000", "--batch-size", "2",
-                       "--steps-per-epoch", "1", "--minutes", "0.03", "--device", "cpu")
-    assert rc == 0, err
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary, _ = train_tiny(capsys, synth_dir, run_dir, "--epochs", "100000", "--steps-per-epoch", "1",
+                            "--minutes", "0.03")
     assert summary["stopped"] == "time_limit" and 1 <= summary["epochs"] < 100000
     assert (run_dir / "best.safetensors").is_file()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
