@@ -26,8 +26,9 @@ from torch import nn
 
 from .bn_folding import batchnorm_affine
 from .causal import conv_bn_relu
+from .device import autocast_dtype
 from .onednn import Linear, applies, mm
-from .upconv import autocast_dtype, tap_weights, upsample_conv3x3, upsample_conv3x3_taps
+from .upconv import tap_weights, upsample_conv3x3, upsample_conv3x3_taps
 
 
 def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .device import autocast_dtype
+
 
 @functools.cache
 def _onednn_linear():
@@ -50,17 +52,14 @@ def _op_for(x: torch.Tensor):
     return _onednn_linear()
 
 
-def _recordable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-    """oneDNN's op for an F.linear that autograd records, if `_LinearFunction` applies:
-    float32 CPU tensors, no autocast (which would change the dtype F.linear computes in)."""
+def _recordable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether `_LinearFunction` applies to an F.linear that autograd records: a working
+    oneDNN op, float32 CPU tensors, no autocast (which would change the dtype F.linear
+    computes in)."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
     if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.is_mkldnn for t in tensors):
-        return None
-    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
-        autocast = torch.is_autocast_enabled("cpu")
-    else:
-        autocast = torch.is_autocast_cpu_enabled()
-    return None if autocast else _onednn_linear()
+        return False
+    return autocast_dtype("cpu") is None and _onednn_linear() is not None
 
 
 class _LinearFunction(torch.autograd.Function):
@@ -100,7 +99,7 @@ class Linear(NamedTuple):
             if residual is None:
                 return op(x, w, self.bias, "none", [], "")
             return op.binary(x, residual, w, self.bias, "add")
-        if torch.is_grad_enabled() and _recordable(x, w, self.bias) is not None:
+        if torch.is_grad_enabled() and _recordable(x, w, self.bias):
             out = _LinearFunction.apply(x, w, self.bias)
             return out if residual is None else out + residual
         out = F.linear(x, w, self.bias)

@@ -40,14 +40,21 @@ def packing_available() -> bool:
         return False
 
 
+def packable(conv: nn.Module) -> bool:
+    """A float32 CPU nn.Conv2d with numeric zero padding: what PackedConv2d can replace."""
+    return (isinstance(conv, nn.Conv2d) and conv.weight.device.type == "cpu"
+            and conv.weight.dtype == torch.float32 and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str))
+
+
 class PackedConv2d(nn.Module):
     """An nn.Conv2d's computation with the weight in oneDNN's layout (float32, CPU,
     inference only: there is no PyTorch-layout weight left to differentiate)."""
 
     def __init__(self, conv: nn.Conv2d, input_size: list[int]):
         super().__init__()
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"cannot pack {conv}: only numeric zero padding")
+        if not packable(conv):
+            raise ValueError(f"cannot pack {conv}: only float32 CPU convolutions with numeric zero padding")
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.shape = tuple(conv.weight.shape)
@@ -80,12 +87,7 @@ def pack_convolutions_(
     gets each replaced weight."""
     if not packing_available():
         return 0
-    convs = {
-        conv: name for name, conv in module.named_modules()
-        if isinstance(conv, nn.Conv2d) and conv.weight.device.type == "cpu"
-        and conv.weight.dtype == torch.float32 and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
-    }
+    convs = {conv: name for name, conv in module.named_modules() if packable(conv)}
     sizes: dict[nn.Conv2d, list[int]] = {}
 
     def record(conv: nn.Module, args: tuple) -> None:  # None: the input goes on unchanged

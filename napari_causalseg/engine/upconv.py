@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .device import autocast_dtype
 from .onednn import mm
 
 SCALE = 4  # the decoder's bilinear factor; the only one implemented
@@ -269,9 +270,7 @@ def _rows_at_once(t, plan: _Plan, flat, b: int, h: int, c_out: int, relu: bool) 
     # 4. upsample + shift along the height, sum over ky: (b, H, W, c)
     for i in range(b):
         for o0, o1, r0, r1, coeff in plan.groups:
-            mm(coeff, z[i, 3 * r0 : 3 * r1], out=flat[i, o0:o1])
-            if relu:
-                flat[i, o0:o1].clamp_min_(0)
+            mm(coeff, z[i, 3 * r0 : 3 * r1], out=flat[i, o0:o1], relu=relu)
 
 
 def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: int, needs):
@@ -311,17 +310,6 @@ def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: 
         # gradient is the sum of gt's centre block (1/9 of gt) rather than of all of g
         grad_b = gt[1].view(-1, 3, c_out)[:, 1].sum(0)
     return grad_x, grad_taps, grad_b
-
-
-def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype in force for this device type, if any (old and new torch APIs)."""
-    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
-        if torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
-        return None
-    if device_type == "cpu":
-        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 class _UpsampleConv3x3(torch.autograd.Function):
