@@ -66,6 +66,12 @@ def _details(r: dict[str, Any]) -> list[str]:
         f"{inf['first_prompt']['min']:.3f} / {inf['first_prompt']['median']:.3f}; "
         f"a new image with a note already encoded: "
         f"{inf['first_prompt_known_note']['min']:.3f} / {inf['first_prompt_known_note']['median']:.3f}."),
+        *([("- A first prompt computes its logits without making D_c's full-resolution features; "
+            "the first re-prompt on that image makes them: "
+            f"{inf['reprompt_first_s'] * 1e3:.0f} ms (once per image; the widget makes them ahead, "
+            "when an image is chosen, which took "
+            f"{inf['image_features_once_s'] * 1e3:.0f} ms for a new image).")]
+          if "reprompt_first_s" in inf else []),
         (f"- Re-prompt: {inf['reprompt']['min'] * 1e3:.1f} / {inf['reprompt']['median'] * 1e3:.1f} ms, "
         f"of which the new note's text encoder {inf['reprompt_text_encoder']['median'] * 1e3:.1f} ms "
         f"and the rest (folded KxK conv C->1, sigmoid, resize, numpy) "

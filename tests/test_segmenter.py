@@ -111,6 +111,25 @@ def test_cached_equals_uncached(segmenter, tiny_model, xray):
     np.testing.assert_array_equal(other_cached, fresh)
 
 
+def test_first_prompt_keeps_no_full_resolution_features_until_a_re_prompt(tiny_model, xray):
+    """A first prompt computes its logits without D_c's full-resolution features; the
+    first re-prompt makes and keeps them (the cache re-weighs the entry), and every
+    answer equals that of a segmenter whose features were made ahead (as the widget
+    does when an image is chosen)."""
+    lazy = Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+    ahead = Segmenter(tiny_model, SegmenterConfig(device="cpu"))
+    made = ahead.image_features(xray)
+    assert made.pixels is not None
+    first = lazy.segment(xray, NOTE)
+    (entry,) = [value for value, _ in lazy.image_cache._items.values()]
+    assert entry.pixels is None and lazy.image_cache.total_cost == entry.nbytes < made.nbytes
+    np.testing.assert_allclose(first.probability, ahead.segment(xray, NOTE).probability, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(first.confounder, made.confounder)
+    again = lazy.segment(xray, OTHER_NOTE)
+    assert entry.pixels is not None and lazy.image_cache.total_cost == made.nbytes
+    np.testing.assert_array_equal(again.probability, ahead.segment(xray, OTHER_NOTE).probability)
+
+
 def test_second_note_skips_the_image_encoder(segmenter, xray, monkeypatch):
     vision_calls = count_calls(segmenter.model.vision)
     text_calls = [0]

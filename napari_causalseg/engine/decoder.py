@@ -28,7 +28,14 @@ from .bn_folding import batchnorm_affine
 from .causal import conv_bn_relu
 from .device import autocast_dtype
 from .onednn import Linear, applies, mm
-from .upconv import tap_weights, upsample_conv3x3, upsample_conv3x3_taps
+from .upconv import (
+    SCALE,
+    rows_apply,
+    tap_weights,
+    upsample_conv3x3,
+    upsample_conv3x3_rows,
+    upsample_conv3x3_taps,
+)
 
 
 def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,40 +156,79 @@ class TextConditionedDecoder(nn.Module):
         """The note-independent part (what an image-feature cache keeps)."""
         return self.visual.features(features)
 
-    def logits(self, pixels: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """The note-dependent part: conv1x1 then the per-sample KxK conv, folded into one
-        KxK conv C->1 per note. `pixels` from `features`; one note for many images or
-        many notes for one image broadcast."""
-        b, c, h, w = pixels.shape
-        kernel, bias = self.kernels(tau.to(pixels.dtype))
-        n = kernel.shape[0]
-        if n != b and n != 1 and b != 1:
-            raise ValueError(f"{n} notes for {b} images")
-        m = max(n, b)
-        k = self.kernel_size
-        conv1 = self.visual[4]
+    def _note_taps(self, tau: torch.Tensor, dtype: torch.dtype):
+        """The note's KxK kernel with the 1x1 conv folded in: (n, K*K, C_in) tap weights,
+        (n, K*K) tap biases and the (n,) output bias."""
+        kernel, bias = self.kernels(tau.to(dtype))
         taps = kernel.flatten(2)  # (n, C, K*K)
+        conv1 = self.visual[4]
         folded = torch.einsum("nck,cd->nkd", taps, conv1.weight.flatten(1))  # (n, K*K, C_in)
         # The 1x1 conv's bias is part of its output, which the KxK conv zero-pads: add it
         # per tap before the shift, so the borders see it only where the reference does.
         tap_bias = torch.einsum("nck,c->nk", taps, conv1.bias)
-        flat = pixels.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when channels-last
-        # every tap's 1-channel map, (m, H*W, K*K): one GEMM over the features
-        if n == 1:  # one note (for one or many images): a plain GEMM (oneDNN's where it applies)
-            proj = Linear(folded[0], tap_bias[0])(flat.reshape(b * h * w, c))
-            proj = proj.view(b, h * w, k * k)
-        elif b == 1:  # many notes, one image
-            proj = torch.addmm(tap_bias.reshape(-1), flat[0], folded.reshape(n * k * k, c).T)
-            proj = proj.view(h * w, n, k * k).transpose(0, 1)
-        else:  # a note per image
-            proj = _PixelProjection.apply(tap_bias, flat, folded)
+        return folded, tap_bias, bias
+
+    def _shift_sum(self, proj: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """(m, H, W, K*K) per-tap maps -> (m, 1, H, W) logits: each tap's map shifted into
+        place (zero padding) and summed, plus the note's bias."""
+        m, h, w, _ = proj.shape
+        k = self.kernel_size
         p = k // 2
-        padded = F.pad(proj.reshape(m, h, w, k * k), (0, 0, p, p, p, p))
+        padded = F.pad(proj, (0, 0, p, p, p, p))
         out = bias.expand(m)[:, None, None]
         for ky in range(k):
             for kx in range(k):
                 out = out + padded[:, ky : ky + h, kx : kx + w, ky * k + kx]
         return out[:, None]
+
+    def logits(self, pixels: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """The note-dependent part: conv1x1 then the per-sample KxK conv, folded into one
+        KxK conv C->1 per note. `pixels` from `features`; one note for many images or
+        many notes for one image broadcast."""
+        b, c, h, w = pixels.shape
+        folded, tap_bias, bias = self._note_taps(tau, pixels.dtype)
+        n = folded.shape[0]
+        if n != b and n != 1 and b != 1:
+            raise ValueError(f"{n} notes for {b} images")
+        m = max(n, b)
+        kk = self.kernel_size**2
+        flat = pixels.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when channels-last
+        # every tap's 1-channel map, (m, H*W, K*K): one GEMM over the features
+        if n == 1:  # one note (for one or many images): a plain GEMM (oneDNN's where it applies)
+            proj = Linear(folded[0], tap_bias[0])(flat.reshape(b * h * w, c))
+            proj = proj.view(b, h * w, kk)
+        elif b == 1:  # many notes, one image
+            proj = torch.addmm(tap_bias.reshape(-1), flat[0], folded.reshape(n * kk, c).T)
+            proj = proj.view(h * w, n, kk).transpose(0, 1)
+        else:  # a note per image
+            proj = _PixelProjection.apply(tap_bias, flat, folded)
+        return self._shift_sum(proj.reshape(m, h, w, kk), bias)
+
+    def logits_without_features(self, features: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """`logits(self.features(features), tau)` for one note, without the full-resolution
+        features ever held whole: for an image prompted once (a first prompt, a folder
+        run). At CPU inference each block of rows of the second upsample-convolution is
+        projected onto the note's taps as it is made (the same products, so the same
+        numbers), so its output (51 MB for rn101 at 224 px) is never written to fresh
+        memory: that was ~12,500 page faults, 12 to 90 ms on a 2-core VM, plus a pass
+        over it. Elsewhere (GPU, training, several notes) the plain path."""
+        bn = self.visual[3][1]
+        if (tau.shape[0] != 1 or bn.training or bn.running_mean is None
+                or not rows_apply(features)):
+            return self.logits(self.features(features), tau)
+        b, _, h, w = features.shape
+        y = _up_conv_bn_relu(features.permute(0, 2, 3, 1), self.visual[1])
+        folded, tap_bias, bias = self._note_taps(tau, features.dtype)
+        project = Linear(folded[0], tap_bias[0])
+        kk = self.kernel_size**2
+        proj = features.new_empty(b, y.shape[1] * SCALE, y.shape[2] * SCALE, kk)
+
+        def consume(image: int, row0: int, row1: int, block: torch.Tensor) -> None:
+            rows = block.reshape(-1, block.shape[-1])
+            proj[image, row0:row1].copy_(project(rows).view(row1 - row0, -1, kk))
+
+        upsample_conv3x3_rows(y, *_folded_for_inference(self.visual[3]), consume, relu=True)
+        return self._shift_sum(proj, bias)
 
     def forward(self, features: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         return self.logits(self.features(features), tau)

@@ -92,6 +92,11 @@ class CausalCLIPSeg(nn.Module):
         """D_c's note-dependent part: the dynamic kernel of tau applied to cached pixels."""
         return self.causal_decoder.logits(pixels, tau)
 
+    def causal_logits_without_features(self, causal: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """`causal_logits(pixel_features(causal), tau)` for one note, without holding the
+        full-resolution features (decoder.py): for an image prompted once."""
+        return self.causal_decoder.logits_without_features(causal, tau)
+
     def forward(
         self,
         image: torch.Tensor,

@@ -2,7 +2,10 @@
 
 Image features are cached per (image bytes, preprocessing, model); a new note on the
 same image reruns only the text encoder and D_c's note-dependent part, one KxK conv
-C->1 (the 1x1 conv folded into the text kernel, see decoder.py). Only D_c runs: D_s is
+C->1 (the 1x1 conv folded into the text kernel, see decoder.py). On the CPU the first
+prompt on a new image gets its logits without making D_c's full-resolution features;
+those are made for the first re-prompt, or ahead by `image_features` (which the widget
+calls as soon as an image is chosen). Only D_c runs: D_s is
 a training device, and F^s is not computed. Text features are cached per normalised note
 and computed by text_inference.py (the same numbers as the model's text tower, faster);
 `prefetch_notes` fills that cache in the background with every note of the QaTa grammar.
@@ -59,7 +62,7 @@ def threshold_mask(probability: np.ndarray, threshold: float) -> np.ndarray:
 class SegmenterConfig:
     device: str = "auto"
     threshold: float = 0.5
-    cache_bytes: int = 1 << 30  # image features; RN101 needs ~51 MB per image
+    cache_bytes: int = 1 << 30  # image features; RN101 needs ~52 MB per re-prompted image
     text_cache_entries: int = 512
     truncate_notes: bool = False  # opt-in; the dropped words are reported
     prefetch_notes: bool = False  # after the first prompt, encode every QaTa note in the background
@@ -70,10 +73,13 @@ class SegmenterConfig:
 
 @dataclass
 class ImageFeatures:
-    """The note-independent part of one image's forward pass."""
+    """The note-independent part of one image's forward pass. `pixels` is made on the
+    first call that needs it: a first prompt computes its logits without it (decoder.py),
+    a re-prompt or `Segmenter.image_features` then makes and keeps it."""
 
-    pixels: torch.Tensor  # D_c's note-independent features (1, C, S, S), channels-last
+    causal: torch.Tensor  # F^c (1, C, S/16, S/16): what `pixels` is made from
     confounder: np.ndarray  # fused 1 - M at the original (H, W), float32 in [0, 1]: note-independent
+    pixels: torch.Tensor | None = None  # D_c's note-independent features (1, C, S, S), channels-last
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -82,7 +88,8 @@ class ImageFeatures:
 
     @property
     def nbytes(self) -> int:
-        return self.pixels.element_size() * self.pixels.nelement() + self.confounder.nbytes
+        tensors = (self.causal,) if self.pixels is None else (self.causal, self.pixels)
+        return sum(t.element_size() * t.nelement() for t in tensors) + self.confounder.nbytes
 
 
 @dataclass
@@ -188,25 +195,38 @@ class Segmenter:
         return f"{self.model_id}:{self.preprocess.key()}:{digest.hexdigest()[:32]}"
 
     def image_features(self, image: np.ndarray) -> ImageFeatures:
-        """Cached; call from a worker thread as soon as an image is chosen."""
+        """Cached, with `pixels` made: call from a worker thread as soon as an image is
+        chosen, so that every prompt on it is a re-prompt."""
         image = to_grey_or_rgb(image)
         key = self.image_key(image)
         cached = self.image_cache.get(key)
-        if cached is not None:
+        if cached is not None and cached.pixels is not None:
             return cached
         with self._lock, torch.inference_mode():
             self._check_weights()
-            cached = self.image_cache.get(key)  # another thread may have just made it
-            if cached is not None:
-                return cached
-            tensor = prepare_image(image, self.preprocess).to(self.device)
-            feats = self.model.encode_image(tensor, with_confounding=False)
-            pixels = self.model.pixel_features(feats.causal)
-            # at the image's own size once, not on every prompt (~25 ms for a 3000 px X-ray)
-            confounder = resize_to(feats.confounder_map().float(), tuple(image.shape[:2]))[0, 0]
-            result = ImageFeatures(pixels, confounder.clamp(0, 1).cpu().numpy())
+            return self._with_pixels(key, self._encoded(key, image)[0])
+
+    def _encoded(self, key: str, image: np.ndarray) -> tuple[ImageFeatures, bool]:
+        """The cached entry for `image` (grey or RGB), and whether it was encoded just now
+        (then without `pixels`). Under the lock, in inference mode."""
+        cached = self.image_cache.get(key)  # another thread may have just made it
+        if cached is not None:
+            return cached, False
+        tensor = prepare_image(image, self.preprocess).to(self.device)
+        feats = self.model.encode_image(tensor, with_confounding=False)
+        # at the image's own size once, not on every prompt (~25 ms for a 3000 px X-ray)
+        confounder = resize_to(feats.confounder_map().float(), tuple(image.shape[:2]))[0, 0]
+        result = ImageFeatures(feats.causal, confounder.clamp(0, 1).cpu().numpy())
         self.image_cache.put(key, result)
-        return result
+        return result, True
+
+    def _with_pixels(self, key: str, feats: ImageFeatures) -> ImageFeatures:
+        """`feats` with D_c's features made and kept (the cache re-weighs the entry).
+        Under the lock, in inference mode."""
+        if feats.pixels is None:
+            feats.pixels = self.model.pixel_features(feats.causal)
+            self.image_cache.put(key, feats)
+        return feats
 
     def text_feature(self, note: str) -> tuple[torch.Tensor, TokenizedNote]:
         tokens = self.tokenizer.encode(note)  # raises NoteError for empty/too long notes
@@ -244,10 +264,17 @@ class Segmenter:
     def segment(self, image: np.ndarray, note: str, threshold: float | None = None) -> SegmentationResult:
         threshold = self.config.threshold if threshold is None else check_threshold(threshold)
         tau, tokens = self.text_feature(note)
-        feats = self.image_features(image)
+        image = to_grey_or_rgb(image)
+        key = self.image_key(image)
         with self._lock, torch.inference_mode():
             self._check_weights()
-            logits = self.model.causal_logits(feats.pixels, tau)
+            feats, new = self._encoded(key, image)
+            if new and self.device.type == "cpu":
+                # a first prompt: the logits straight from F^c, D_c's features are made
+                # only if a re-prompt comes (decoder.py: they cost more than they save here)
+                logits = self.model.causal_logits_without_features(feats.causal, tau)
+            else:
+                logits = self.model.causal_logits(self._with_pixels(key, feats).pixels, tau)
             probability = torch.sigmoid(resize_to(logits.float(), feats.shape))[0, 0]
         prob = probability.cpu().numpy()
         if self.config.prefetch_notes and self.prefetch is None:

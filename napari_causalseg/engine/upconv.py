@@ -28,7 +28,9 @@ training runs every image at once.
 from __future__ import annotations
 
 import functools
+import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -156,15 +158,12 @@ _workspace = threading.local()
 
 def _scratch(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """A transient buffer for inference, kept per thread and reused on the CPU: fresh
-    tens-of-MB tensors are mmapped and page-faulted on every call, which cost a quarter
-    of the decoder's time. (Training allocates normally: batch-sized buffers should not
-    outlive it.)"""
+    tens-of-MB tensors are mmapped and page-faulted on every call (a quarter of the
+    decoder's time). Training allocates normally: batch-sized buffers should not outlive it."""
     if like.device.type != "cpu":
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     buffers = _workspace.__dict__.setdefault("buffers", {})
-    numel = 1
-    for n in shape:
-        numel *= n
+    numel = math.prod(shape)
     buf = buffers.get((name, like.dtype))
     if buf is None or buf.numel() < numel:
         with torch.inference_mode(False):  # a normal tensor: writable in and out of it
@@ -179,6 +178,15 @@ def tap_weights(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(3, 1, 2, 0).reshape(3, c_in, 3 * c_out)
 
 
+def _centre_bias(bias: torch.Tensor | None, c_out: int, like: torch.Tensor) -> torch.Tensor | None:
+    """The bias as a tap GEMM's bias row, on the centre tap only: its matrices are the plain
+    upsampling (rows sum to 1), so it reaches every output pixel exactly once."""
+    if bias is None:
+        return None
+    return torch.cat([torch.zeros_like(bias, dtype=like.dtype), bias.to(like.dtype),
+                      torch.zeros_like(bias, dtype=like.dtype)])
+
+
 def _forward(
     xw: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, b: int, h: int,
     reuse: bool, relu: bool,
@@ -190,15 +198,9 @@ def _forward(
     plan = _plan(h, w, SCALE, xw.dtype, xw.device)
     out = torch.empty(b, SCALE * h, SCALE * w, c_out, dtype=xw.dtype, device=xw.device)
     flat = out.view(b, SCALE * h, -1)
-    centre = None
-    if bias is not None:
-        # The centre tap's matrices are the plain upsampling (rows sum to 1), so a bias
-        # added there reaches every output pixel exactly once: conv + bias.
-        centre = torch.zeros(3, c_out, dtype=xw.dtype, device=xw.device)
-        centre[1] = bias
-        centre = centre.reshape(-1)
+    centre = _centre_bias(bias, c_out, xw)
     if reuse and xw.device.type == "cpu":  # on a GPU, ~1000 small kernels per batch instead
-        _by_row_group(xw.view(w, b, h, c_in), taps, centre, plan, flat, relu)
+        _by_row_group(xw.view(w, b, h, c_in), taps, centre, plan, relu, flat)
         return out
     # 1. nine 1x1 mixings at low resolution: t[kx] = x @ W[:, :, :, kx], columns (ky, c)
     rows_in = xw.reshape(w * b * h, c_in)
@@ -209,15 +211,15 @@ def _forward(
     return out
 
 
-def _by_row_group(x, taps, centre, plan: _Plan, flat, relu: bool) -> None:
+def _by_row_group(x, taps, centre, plan: _Plan, relu: bool, out) -> None:
     """The whole layer at inference, one image and output row group at a time, from the
-    low-res rows that group reads (its own and a one-row halo: ~15 % more of the
-    low-res products). The per-thread buffers then hold a group, not an image (rn101 at
-    224 px: ~35 instead of ~85 MB kept between calls). x: (w, b, h, C_in).
-    The interpolation products go through oneDNN (its result copied into place; ReLU
-    fused), ~11 ms faster per image than MKL in place for rn101's two layers; the height
-    product in two halves, so that each new result is at most ~6 MB: whole groups' 13 MB
-    results raised peak inference RSS by 33 MiB, halves by 17."""
+    low-res rows that group reads (its own and a one-row halo: ~15 % more low-res
+    products), so the per-thread buffers hold a group, not an image (rn101 at 224 px:
+    ~35 instead of ~85 MB). x: (w, b, h, C_in). The interpolation products go through
+    oneDNN (ReLU fused; ~11 ms per image faster than MKL in place), the height product in
+    two halves so that each new result is at most ~6 MB (whole groups: +33 MiB peak RSS,
+    halves +17). `out`: the (b, H, W*C_out) output, or a callable handed each block of
+    output rows instead, `out(image, row0, row1, block)` (`upsample_conv3x3_rows`)."""
     w, b, _, c_in = x.shape
     c_out = taps.shape[-1] // 3
     big_w = SCALE * w
@@ -249,15 +251,18 @@ def _by_row_group(x, taps, centre, plan: _Plan, flat, relu: bool) -> None:
             half = (o1 - o0 + 1) // 2
             for a0 in (0, half):
                 a1 = o1 - o0 if a0 else half
-                mm(coeff_rows[a0:a1], zrows, out=flat[i, o0 + a0 : o0 + a1], relu=relu)
+                if callable(out):
+                    block = mm(coeff_rows[a0:a1], zrows, relu=relu)
+                    out(i, o0 + a0, o0 + a1, block.view(a1 - a0, big_w, c_out))
+                else:
+                    mm(coeff_rows[a0:a1], zrows, out=out[i, o0 + a0 : o0 + a1], relu=relu)
 
 
 def _rows_at_once(t, plan: _Plan, flat, b: int, h: int, c_out: int, relu: bool) -> None:
     """Steps 2-4 in training and on GPUs, every image at once. On the CPU, oneDNN's
-    product plus a copy of its new result took about half of MKL's time in place (AMD
-    EPYC, batch 4, 512->256 at 56->224 px: 36 vs 66 ms for the height product), and
-    training keeps freed memory for reuse anyway. Each width-product result goes
-    straight to step 3's layout."""
+    product plus a copy of its result took half of MKL's time in place (batch 4, 512->256
+    at 56->224 px: 36 vs 66 ms for the height product; training keeps freed memory for
+    reuse anyway). Each width-product result goes straight to step 3's layout."""
     w, big_w, rest = t.shape[1], SCALE * t.shape[1], t.shape[2]
     n = flat.shape[-1]
     # 2.+3. upsample + shift along the width: (W, (b, h, ky, c)), stored as (b, (h, ky), W, c)
@@ -343,14 +348,41 @@ def upsample_conv3x3_taps(
 ) -> torch.Tensor:
     """`upsample_conv3x3` with the weight already arranged by `tap_weights`, optionally
     followed by ReLU (fused when nothing is differentiated)."""
-    if x.dim() != 4 or taps.dim() != 3 or taps.shape[:2] != (3, x.shape[-1]):
-        raise ValueError(f"input {tuple(x.shape)} does not match taps {tuple(taps.shape)}")
+    _check_taps(x, taps)
     # inference (nothing will be differentiated) may reuse per-thread scratch buffers
     tensors = (x, taps) if bias is None else (x, taps, bias)
     reuse = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     if relu and not reuse:
         return F.relu(_UpsampleConv3x3.apply(x, taps, bias, reuse, False))
     return _UpsampleConv3x3.apply(x, taps, bias, reuse, relu)
+
+
+def _check_taps(x: torch.Tensor, taps: torch.Tensor) -> None:
+    if x.dim() != 4 or taps.dim() != 3 or taps.shape[:2] != (3, x.shape[-1]):
+        raise ValueError(f"input {tuple(x.shape)} does not match taps {tuple(taps.shape)}")
+
+
+def rows_apply(x: torch.Tensor) -> bool:
+    """Whether `upsample_conv3x3_rows` runs for `x`: float32 on the CPU, nothing
+    recorded for autograd, no autocast."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and autocast_dtype("cpu") is None)
+
+
+def upsample_conv3x3_rows(
+    x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
+    consume: Callable[[int, int, int, torch.Tensor], None], relu: bool = False,
+) -> None:
+    """`upsample_conv3x3_taps(x, taps, bias, relu)` handed to `consume(image, row0, row1, block)`
+    by blocks of output rows, (row1 - row0, W, C_out), valid during the call only: for a
+    caller that reduces it at once (a first prompt, decoder.py). Where `rows_apply(x)`."""
+    if not rows_apply(x):
+        raise ValueError("upsample_conv3x3_rows is for float32 CPU inference (no autograd, no autocast)")
+    _check_taps(x, taps)
+    b, h, w, c_in = x.shape
+    xw = x.permute(2, 0, 1, 3).contiguous()
+    centre = _centre_bias(bias, taps.shape[-1] // 3, xw)
+    _by_row_group(xw.view(w, b, h, c_in), taps, centre, _plan(h, w, SCALE, xw.dtype, xw.device), relu, consume)
 
 
 def upsample_conv3x3(
