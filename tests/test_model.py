@@ -73,13 +73,21 @@ def carafe_reference(module: CARAFE, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_carafe_matches_reference():
+    """Both of its paths: the broadcast product without autograd, the GEMMs with it
+    (whose gradients are then those of the pixel-by-pixel definition)."""
     torch.manual_seed(0)
     module = CARAFE(16, 12, kernel_size=3, up=2)
-    x = torch.randn(2, 16, 5, 6)
+    x = torch.randn(2, 16, 5, 6, requires_grad=True)
     with torch.no_grad():
         fast, slow = module(x), carafe_reference(module, x)
     assert fast.shape == (2, 12, 10, 12)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    recorded, slow = module(x), carafe_reference(module, x)
+    torch.testing.assert_close(recorded, slow, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(slow)
+    params = [x, *module.parameters()]
+    for ours, theirs in zip(torch.autograd.grad(recorded, params, g), torch.autograd.grad(slow, params, g)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_carafe_kernels_are_normalised():

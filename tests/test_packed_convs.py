@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_causalseg.engine import Segmenter, SegmenterConfig, save_checkpoint
-from napari_causalseg.engine.packed_convs import PackedConv2d, pack_convolutions_, packing_available
+from napari_causalseg.engine.packed_convs import (
+    PackedBottleneck,
+    PackedConv2d,
+    fuse_relus_,
+    pack_convolutions_,
+    packing_available,
+)
+from napari_causalseg.engine.resnet import Bottleneck
 from napari_causalseg.testing.reference import with_batchnorm_statistics
 
 from .conftest import NOTE
@@ -31,6 +38,9 @@ def test_segmenter_packs_the_image_side_and_agrees_with_the_unpacked_model(tmp_p
     assert sum(convs(part, PackedConv2d) for part in image_side) == convs(model.vision, nn.Conv2d) + convs(
         model.intervention, nn.Conv2d)
     assert convs(owned.model.causal_decoder, PackedConv2d) == 0  # the decoders have their own path
+    # every ReLU and residual add of the image side is fused into a packed convolution
+    assert sum(convs(part, nn.ReLU) + convs(part, Bottleneck) for part in image_side) == 0
+    assert convs(owned.model.vision, PackedBottleneck) == convs(model.vision, Bottleneck) > 0
     plain = Segmenter(model, SegmenterConfig(device="cpu"))  # a caller's model: left as it is
     assert convs(plain.model, PackedConv2d) == 0
     a, b = plain.image_features(xray), owned.image_features(xray)
@@ -78,3 +88,33 @@ def test_only_the_convolutions_that_run_are_packed_and_each_old_weight_is_releas
     assert len(released) == 1 and released[0] is used.weight
     with torch.inference_mode():
         torch.testing.assert_close(model["block"](x), want, rtol=1e-5, atol=1e-6)
+
+
+@needs_packing
+def test_relus_are_fused_only_where_one_follows_the_convolution():
+    """conv -> (folded BN) -> ReLU becomes one fused op; a conv whose output goes on
+    without a ReLU keeps it; a Bottleneck's ReLUs and residual add go into its convs."""
+    torch.manual_seed(2)
+    first, second = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 1)
+    seq = nn.Sequential(first, nn.Identity(), nn.ReLU(), second, nn.Sigmoid(), nn.ReLU())
+    block = Bottleneck(6, 2).eval()
+    with torch.no_grad():
+        for i in (1, 2, 3):
+            setattr(block, f"bn{i}", nn.Identity())
+        for conv in (block.conv1, block.conv2, block.conv3):
+            conv.weight.normal_()
+    model = nn.Sequential(seq, block)
+    x = torch.randn(2, 3, 9, 7)
+    with torch.no_grad():
+        want = model(x)
+    pack_convolutions_(model, lambda: model(x))
+    assert isinstance(model[0][0], PackedConv2d) and model[0][0].relu
+    assert isinstance(model[0][2], nn.Identity)
+    assert isinstance(model[0][3], PackedConv2d) and not model[0][3].relu
+    assert isinstance(model[0][5], nn.ReLU)  # after a sigmoid, not a convolution
+    assert isinstance(model[1], PackedBottleneck)
+    assert fuse_relus_(model) == 0  # nothing left to fuse
+    with torch.inference_mode():
+        got = model(x)
+    assert (want > 0).any() and (want == 0).any()  # the ReLUs and the shortcut mattered
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
