@@ -206,7 +206,8 @@ def bench_training(model, ref, tokenizer, size: int, batch: int, rounds: int) ->
     log(f"  train step per image, fast, malloc's defaults: {default_malloc[-1]:.3f} s")
     # Both models as the package's Trainer runs on the CPU: freed memory kept for reuse.
     with keep_freed_memory() as kept:
-        fast_step(), ref_step()  # warm-up (and Adam's state allocation)
+        for _ in range(2):  # warm-up: Adam's state, and the heap grows to what a step reuses
+            fast_step(), ref_step()  # (the first steps of a run page-fault ~1-2 GB)
         fast, slow = [], []
         for _ in range(rounds):  # interleaved
             slow.append(clock(ref_step) / batch)
