@@ -400,10 +400,10 @@ def test_inference_is_thread_safe_and_training_keeps_no_scratch():
 
 def test_inference_mode_then_plain_no_grad_then_training():
     """Buffers and matrices first made under inference_mode serve later calls in any mode."""
-    from napari_causalseg.engine import upconv
+    from napari_causalseg.engine import upconv, upconv_plan
 
     upconv._workspace.__dict__.clear()
-    upconv._plan.cache_clear()
+    upconv_plan.make_plan.cache_clear()
     fast, ref = make_decoders(seed=3)
     fast.eval(), ref.eval()
     feats, tau = torch.randn(2, 16, 5, 3), torch.randn(2, 12)

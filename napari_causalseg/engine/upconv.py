@@ -10,9 +10,8 @@ shift (with the convolution's zero padding). Bilinear upsampling is separable, a
     Z = A_col @ T                   width: (W, 3w) @ (3w, b*h*3*C_out), one GEMM
     out = A_row @ Z (per image)     height: (H, 3h) @ (3h, W*C_out), the sum over ky
 
-The interpolation matrices come from `F.interpolate` applied to an identity, so they
-are PyTorch's own bilinear weights (border clamping included). A_row is banded, so it is
-applied in a few row groups that skip its zero columns. For the 512->256 layer at 224 px
+The interpolation matrices and their cuts are upconv_plan.py's: A_row is banded, so it
+is applied in a few row groups that skip its zero columns. For the 512->256 layer at 224 px
 this is ~5.9 GMAC instead of 59, and the full-resolution tensor is written once. The
 backward pass is the same restructuring transposed; in training, BatchNorm then sees this
 output, which equals conv(up(x)) up to float rounding.
@@ -27,131 +26,19 @@ training runs every image at once.
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .device import autocast_dtype
 from .onednn import mm
+from .upconv_plan import SCALE, Plan, interpolation_matrix, make_plan, shifted_taps
 
-SCALE = 4  # the decoder's bilinear factor; the only one implemented
-
-
-def interpolation_matrix(n: int, scale: int) -> torch.Tensor:
-    """(scale*n, n) float64 matrix of `F.interpolate(mode='linear', align_corners=False)`."""
-    eye = torch.eye(n, dtype=torch.float64)[None]  # n signals of length n
-    return F.interpolate(eye, scale_factor=scale, mode="linear", align_corners=False)[0].T
-
-
-def shifted_taps(n: int, scale: int) -> torch.Tensor:
-    """(scale*n, n, 3): for tap k, row i is row i+k-1 of the upsampling matrix, zero when
-    i+k-1 falls in the 3x3 convolution's zero padding."""
-    a = interpolation_matrix(n, scale)
-    zero = torch.zeros_like(a[:1])
-    return torch.stack([torch.cat([zero, a[:-1]]), a, torch.cat([a[1:], zero])], dim=-1)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Interpolation matrices for one (h, w, scale), and the row product cut into groups.
-
-    The row matrix is banded (block a of `scale` output rows reads low-res rows a-1..a+1),
-    so it is applied as a few GEMMs over row groups, each with only the columns its rows
-    can touch; likewise its transpose in the backward pass.
-    """
-
-    rows: torch.Tensor  # (H, 3h), columns in (low-res row, tap) order
-    cols: torch.Tensor  # (W, 3w), columns in (tap, low-res column) order
-    col_groups_t: tuple[tuple[int, int, int, int, int, torch.Tensor], ...]  # (kx, b0, b1, o0, o1, coeff)
-    col_groups: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (o0, o1, s0, s1, coeff)
-    groups: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (o0, o1, r0, r1, rows[o0:o1, 3r0:3r1])
-    groups_t: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (r0, r1, o0, o1, that, transposed)
-
-
-GROUPS = 4  # GEMMs for each banded product (per image for the rows)
-MIN_GROUP = 8  # low-res rows/columns per group, at least
-
-
-def _group_size(n: int) -> int:
-    return max(-(-n // GROUPS), MIN_GROUP)
-
-
-def _col_groups(cols: torch.Tensor, w: int, s: int):
-    """The width product cut into groups of output columns, each with the (tap, low-res
-    column) inputs it can touch: 3 runs of columns, gathered into one block by the caller."""
-    taps = cols.view(s * w, 3, w)
-    groups = []
-    size = _group_size(w)
-    for b0 in range(0, w, size):
-        b1 = min(b0 + size, w)
-        o0, o1, s0, s1 = s * b0, s * b1, max(b0 - 1, 0), min(b1 + 1, w)
-        block = taps[o0:o1]
-        if block[:, :, :s0].any() or block[:, :, s1:].any():
-            raise AssertionError("interpolation matrix is not banded as assumed")
-        groups.append((o0, o1, s0, s1, block[:, :, s0:s1].reshape(o1 - o0, 3 * (s1 - s0))))
-    return groups
-
-
-def _col_groups_t(cols: torch.Tensor, w: int, s: int):
-    """The width product's transpose (backward) cut the same way: for each tap and group of
-    low-res columns, only the output columns that read them (the rest is zero)."""
-    taps = cols.view(s * w, 3, w)
-    groups = []
-    size = _group_size(w)
-    for b0 in range(0, w, size):
-        b1 = min(b0 + size, w)
-        o0, o1 = max(s * (b0 - 1), 0), min(s * (b1 + 1), s * w)
-        for kx in range(3):
-            block = taps[:, kx, b0:b1]
-            if block[:o0].any() or block[o1:].any():
-                raise AssertionError("interpolation matrix is not banded as assumed")
-            groups.append((kx, b0, b1, o0, o1, block[o0:o1].T))
-    return groups
-
-
-def _row_groups(rows: torch.Tensor, h: int, s: int):
-    """Exact slices of the banded row matrix: every column a group leaves out is zero."""
-    size = _group_size(h)
-    forward, backward = [], []
-    for a0 in range(0, h, size):
-        a1 = min(a0 + size, h)
-        o0, o1, r0, r1 = s * a0, s * a1, max(a0 - 1, 0), min(a1 + 1, h)
-        block = rows[o0:o1]
-        if block[:, : 3 * r0].any() or block[:, 3 * r1 :].any():
-            raise AssertionError("interpolation matrix is not banded as assumed")
-        forward.append((o0, o1, r0, r1, block[:, 3 * r0 : 3 * r1]))
-        # transpose: low-res rows a0..a1-1 receive from output rows s*(a0-1) .. s*(a1+1)-1
-        o0, o1 = max(s * (a0 - 1), 0), min(s * (a1 + 1), s * h)
-        cols = rows[:, 3 * a0 : 3 * a1]
-        if cols[:o0].any() or cols[o1:].any():
-            raise AssertionError("interpolation matrix is not banded as assumed")
-        backward.append((a0, a1, o0, o1, cols[o0:o1].T))
-    return forward, backward
-
-
-@functools.lru_cache(maxsize=32)
-@torch.inference_mode(False)  # cached for later calls in any mode: normal tensors
-def _plan(h: int, w: int, scale: int, dtype: torch.dtype, device: torch.device) -> _Plan:
-    rows = shifted_taps(h, scale).reshape(scale * h, 3 * h)
-    cols = shifted_taps(w, scale).permute(0, 2, 1).reshape(scale * w, 3 * w)
-    forward, backward = _row_groups(rows, h, scale)
-
-    def to(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device=device, dtype=dtype).contiguous()
-
-    return _Plan(
-        to(rows), to(cols),
-        tuple((*g[:5], to(g[5])) for g in _col_groups_t(cols, w, scale)),
-        tuple((*g[:4], to(g[4])) for g in _col_groups(cols, w, scale)),
-        tuple((*g[:4], to(g[4])) for g in forward),
-        tuple((*g[:4], to(g[4])) for g in backward),
-    )
-
+__all__ = ["SCALE", "interpolation_matrix", "rows_apply", "shifted_taps", "tap_weights",
+           "upsample_conv3x3", "upsample_conv3x3_rows", "upsample_conv3x3_taps"]
 
 _workspace = threading.local()
 
@@ -195,7 +82,7 @@ def _forward(
     (applied per row group while it is still in cache)."""
     w, c_in = xw.shape[0], xw.shape[-1]
     c_out = taps.shape[-1] // 3
-    plan = _plan(h, w, SCALE, xw.dtype, xw.device)
+    plan = make_plan(h, w, SCALE, xw.dtype, xw.device)
     out = torch.empty(b, SCALE * h, SCALE * w, c_out, dtype=xw.dtype, device=xw.device)
     flat = out.view(b, SCALE * h, -1)
     centre = _centre_bias(bias, c_out, xw)
@@ -211,7 +98,7 @@ def _forward(
     return out
 
 
-def _by_row_group(x, taps, centre, plan: _Plan, relu: bool, out) -> None:
+def _by_row_group(x, taps, centre, plan: Plan, relu: bool, out) -> None:
     """The whole layer at inference, one image and output row group at a time, from the
     low-res rows that group reads (its own and a one-row halo: ~15 % more low-res
     products), so the per-thread buffers hold a group, not an image (rn101 at 224 px:
@@ -224,7 +111,7 @@ def _by_row_group(x, taps, centre, plan: _Plan, relu: bool, out) -> None:
     c_out = taps.shape[-1] // 3
     big_w = SCALE * w
     for i in range(b):
-        for o0, o1, r0, r1, coeff_rows in plan.groups:
+        for (o0, _, r0, r1, _), halves in zip(plan.groups, plan.halves):
             rows = r1 - r0
             cols = rows * 3 * c_out  # (h, ky, c) of this group
             xg = _scratch("x", (w, rows, c_in), x)
@@ -246,17 +133,15 @@ def _by_row_group(x, taps, centre, plan: _Plan, relu: bool, out) -> None:
             del t
             # 4. upsample + shift along the height, sum over ky
             zrows = zt.view(3 * rows, -1)
-            half = (o1 - o0 + 1) // 2
-            for a0 in (0, half):
-                a1 = o1 - o0 if a0 else half
+            for a0, a1, k0, k1, coeff in halves:
                 if callable(out):
-                    block = mm(coeff_rows[a0:a1], zrows, relu=relu)
+                    block = mm(coeff, zrows[k0:k1], relu=relu)
                     out(i, o0 + a0, o0 + a1, block.view(a1 - a0, big_w, c_out))
                 else:
-                    mm(coeff_rows[a0:a1], zrows, out=out[i, o0 + a0 : o0 + a1], relu=relu)
+                    mm(coeff, zrows[k0:k1], out=out[i, o0 + a0 : o0 + a1], relu=relu)
 
 
-def _rows_at_once(t, plan: _Plan, flat, b: int, h: int, c_out: int, relu: bool) -> None:
+def _rows_at_once(t, plan: Plan, flat, b: int, h: int, c_out: int, relu: bool) -> None:
     """Steps 2-4 in training and on GPUs, every image at once. On the CPU, oneDNN's
     product plus a copy of its result took half of MKL's time in place (batch 4, 512->256
     at 56->224 px: 36 vs 66 ms for the height product; training keeps freed memory for
@@ -281,7 +166,7 @@ def _backward(g: torch.Tensor, xw: torch.Tensor, taps: torch.Tensor, b: int, h: 
     all through oneDNN where it applies (training only: see `_rows_at_once`)."""
     w, c_in = xw.shape[0], xw.shape[-1]
     c_out = taps.shape[-1] // 3
-    plan = _plan(h, w, SCALE, xw.dtype, xw.device)
+    plan = make_plan(h, w, SCALE, xw.dtype, xw.device)
     big_h, big_w, n = SCALE * h, SCALE * w, SCALE * w * c_out
     g = g.contiguous()
     flat = g.view(b, big_h, n)
@@ -380,7 +265,7 @@ def upsample_conv3x3_rows(
     b, h, w, c_in = x.shape
     xw = x.permute(2, 0, 1, 3).contiguous()
     centre = _centre_bias(bias, taps.shape[-1] // 3, xw)
-    _by_row_group(xw.view(w, b, h, c_in), taps, centre, _plan(h, w, SCALE, xw.dtype, xw.device), relu, consume)
+    _by_row_group(xw.view(w, b, h, c_in), taps, centre, make_plan(h, w, SCALE, xw.dtype, xw.device), relu, consume)
 
 
 def upsample_conv3x3(
