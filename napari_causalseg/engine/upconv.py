@@ -100,9 +100,9 @@ def _forward(
 
 def _by_row_group(x, taps, centre, plan: Plan, relu: bool, out) -> None:
     """The whole layer at inference, one image and output row group at a time, from the
-    low-res rows that group reads (its own and a one-row halo: ~15 % more low-res
-    products), so the per-thread buffers hold a group, not an image (rn101 at 224 px:
-    ~20 instead of ~85 MB). x: (w, b, h, C_in). The interpolation products go through
+    low-res rows that group reads (its own and a one-row halo; the tap products of the
+    two rows it shares with the group before are taken from that group's), so the
+    per-thread buffers hold a group, not an image (rn101 at 224 px: ~20 instead of ~85 MB). x: (w, b, h, C_in). The interpolation products go through
     oneDNN (ReLU fused; ~11 ms per image faster than MKL in place), the height product in
     two halves so that each new result is at most ~6 MB (whole groups: +33 MiB peak RSS,
     halves +17). `out`: the (b, H, W*C_out) output, or a callable handed each block of
@@ -111,26 +111,33 @@ def _by_row_group(x, taps, centre, plan: Plan, relu: bool, out) -> None:
     c_out = taps.shape[-1] // 3
     big_w = SCALE * w
     for i in range(b):
+        done, end = [], 0  # the previous group's tap products, and the low-res row it ended at
         for (o0, _, r0, r1, _), halves in zip(plan.groups, plan.halves):
-            rows = r1 - r0
+            rows, kept = r1 - r0, max(end - r0, 0)
             cols = rows * 3 * c_out  # (h, ky, c) of this group
-            xg = _scratch("x", (w, rows, c_in), x)
-            xg.copy_(x[:, i, r0:r1])
+            xg = _scratch("x", (w, rows - kept, c_in), x)
+            xg.copy_(x[:, i, r0 + kept : r1])
             # 1. nine 1x1 mixings: t[kx] = x @ W[:, :, :, kx], rows (w, h), columns (ky, c),
-            # oneDNN's results as they come (the width product gathers from them anyway)
-            t = [mm(xg.view(-1, c_in), taps[kx], bias=centre if kx == 1 else None).view(w, cols)
-                 for kx in range(3)]
+            # for the rows not done yet, oneDNN's results as they come (the width product
+            # gathers from them and from the previous group's shared rows anyway)
+            new = [mm(xg.view(-1, c_in), taps[kx], bias=centre if kx == 1 else None).view(w, rows - kept, -1)
+                   for kx in range(3)]
+            t = []  # per kx, (products, first row in the group) pieces covering its rows
+            for kx in range(3):  # the shared rows are the last of the group before
+                t.append(([(done[kx][:, -kept:], 0)] if kept else []) + [(new[kx], kept)])
+            done, end = new, r1
             # 2.+3. upsample + shift along the width, all taps kx at once, by groups of
             # output columns, each from the 3 x (few) low-res columns it can touch; each
             # result goes straight to the last product's layout, rows outermost: ((h, ky), (W, c))
             zt = _scratch("d", (3 * rows, big_w, c_out), x)
             for q0, q1, s0, s1, coeff in plan.col_groups:
-                src = _scratch("c", (3, s1 - s0, cols), x)
+                src = _scratch("c", (3, s1 - s0, rows, 3 * c_out), x)
                 for kx in range(3):
-                    src[kx].copy_(t[kx][s0:s1])
+                    for part, start in t[kx]:
+                        src[kx, :, start : start + part.shape[1]].copy_(part[s0:s1])
                 part = mm(coeff, src.view(-1, cols)).view(q1 - q0, 3 * rows, c_out)
                 zt[:, q0:q1].copy_(part.transpose(0, 1))
-            del t
+            del t, new
             # 4. upsample + shift along the height, sum over ky
             zrows = zt.view(3 * rows, -1)
             for a0, a1, k0, k1, coeff in halves:
