@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--config", default="rn101")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: usable CPUs)")
-    parser.add_argument("--repeats", type=int, default=7, help="first-prompt / reference-forward pairs")
+    parser.add_argument("--repeats", type=int, default=11, help="first-prompt / reference-forward pairs")
     parser.add_argument("--reprompts", type=int, default=20)
     parser.add_argument("--train-rounds", type=int, default=3,
                         help="rounds of 1 reference + 2 fast steps (3: a median that one slow step cannot move)")
