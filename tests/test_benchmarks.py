@@ -36,3 +36,29 @@ def test_benchmark_runs_on_the_tiny_model(tmp_path, capsys):
     assert set(printed["details"]["peak_rss"]["file_rss_after_first_prompt_mb"]) == {"checkpoint", "libraries"}
     assert printed["details"]["batch_cli"]["folder_images_per_s"] > 0 and "causalseg segment" in report
     assert printed["details"]["inference"]["prefetch"]["notes"] > 50 and "Warm re-prompt" in report
+
+
+def test_qata_subset_is_a_seeded_sgseg_copy_the_trainer_reads(lvit_root, tmp_path):
+    """From another layout: the chosen cases, their pixels and notes, in SGSeg's layout;
+    the same seed chooses the same cases; a non-empty destination is refused."""
+    from benchmarks.qata_subset import write_subset
+    from napari_causalseg.engine.data.layouts import open_dataset
+
+    source = open_dataset(lvit_root)
+    originals = {c.name: c for c in source.train + source.val}
+    written = write_subset(lvit_root, tmp_path / "a", {"train": 3, "val": 1}, seed=1)
+    assert written["train"] > 0 and written["val"] > 0
+    subset = open_dataset(tmp_path / "a")
+    assert subset.layout == "sgseg" and (len(subset.train), len(subset.val)) == (3, 1)
+    for case in subset.train + subset.val:
+        original = originals[case.name]
+        assert case.note == original.note
+        assert case.image_path.read_bytes() == original.image_path.read_bytes()
+        assert case.mask_path.read_bytes() == original.mask_path.read_bytes()
+    write_subset(lvit_root, tmp_path / "b", {"train": 3, "val": 1}, seed=1)
+    again = open_dataset(tmp_path / "b")
+    assert [c.name for c in again.train] == [c.name for c in subset.train]
+    with pytest.raises(SystemExit, match="not empty"):
+        write_subset(lvit_root, tmp_path / "a", {"train": 1, "val": 1})
+    with pytest.raises(SystemExit, match="fewer than"):
+        write_subset(lvit_root, tmp_path / "c", {"train": 999, "val": 1})
