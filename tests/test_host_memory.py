@@ -72,3 +72,23 @@ def test_disabled_changes_nothing():
     r = run("with keep_freed_memory(enabled=False) as applied:\n    off = faults()\n"
             "print(json.dumps(dict(off=off, applied=applied)))")
     assert not r["applied"] and r["off"] > 1000, r
+
+
+def test_after_the_block_tensors_up_to_32_mib_reuse_the_heap():
+    """A process that trains before it has freed any large tensor (a script: train, then
+    segment) still reuses freed memory for inference-sized tensors afterwards, as glibc's
+    sliding threshold would have let it, instead of mapping and faulting each one afresh.
+    Above 32 MiB tensors are mapped again, as they are in any process."""
+    r = run("SIX = 6 * 2**20 // 4\n"
+            "def faults_of(n):\n"
+            "    seen = []\n"
+            "    for _ in range(6):\n"
+            "        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "        tensor = torch.ones(n)\n"
+            "        seen.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+            "        del tensor\n"
+            "    return min(seen[3:])\n"
+            "with keep_freed_memory():\n    pass\n"
+            "print(json.dumps(dict(six=faults_of(SIX), big=faults())))")
+    assert r["six"] < 100, r  # a fresh 6 MiB mapping would fault 1,536 pages each time
+    assert r["big"] > 1000, r  # 64 MiB: mapped and released as by default

@@ -5,8 +5,9 @@ Why: a training step at 224 px allocates and frees tens of full-resolution tenso
 and unmaps it on free, so every step page-faults ~GBs of new, kernel-zeroed memory:
 measured on a 2-core machine, half of an rn101 step's time. With mmap off for the
 duration and no trimming, freed blocks go back to malloc's heap and the next step reuses
-them (same numbers, ~1.6x faster steps, ~7 % higher peak memory). When training ends the
-defaults come back and the unused heap is returned to the system.
+them (same numbers, ~1.6x faster steps, ~7 % higher peak memory). When training ends
+mmap comes back, with the thresholds glibc's own rule reaches in such a process, and the
+unused heap is returned to the system.
 """
 
 from __future__ import annotations
@@ -19,9 +20,16 @@ import threading
 from collections.abc import Iterator
 
 # mallopt parameters (malloc.h) and glibc's defaults for them
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_DEFAULT_MMAP_MAX = 65536
 _NEVER_TRIM = 2**31 - 1  # mallopt takes an int
+# After a block: where glibc's own sliding thresholds end up in a process that frees
+# large tensors (the mmap threshold rises to each freed mapping's size, up to 32 MiB on
+# 64-bit, and the trim threshold follows at twice that). Any mallopt call switches the
+# sliding off for good, so "the defaults" (128 KiB) would leave every tensor over 128 KiB
+# a fresh, page-faulted mapping for the rest of the process: inference after training.
+_AFTER_MMAP_THRESHOLD = 32 * 2**20
+_AFTER_TRIM_THRESHOLD = 2 * _AFTER_MMAP_THRESHOLD
 
 _lock = threading.Lock()
 _depth = 0  # nested or concurrent runs in one process share one setting
@@ -61,7 +69,8 @@ def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
             _depth -= 1
             if _depth == 0:
                 libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP_THRESHOLD)
+                libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM_THRESHOLD)
                 libc.malloc_trim(0)
 
 
