@@ -118,12 +118,14 @@ class _VisualPath(nn.Sequential):
     """The method's visual path as a parameter container (state-dict keys `visual.N.*`
     stay those of the straightforward nn.Sequential); calling it runs the fast path."""
 
+    def first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """After the first ReLU, (B, 4h, 4w, C) channels-last: the second layer's input."""
+        # (B, h, w, C): the restructured convs work channels-last
+        return _up_conv_bn_relu(x.permute(0, 2, 3, 1), self[1])
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Note-independent features after the second ReLU: (B, C, 16h, 16w), channels-last."""
-        y = x.permute(0, 2, 3, 1)  # (B, h, w, C): the restructured convs work channels-last
-        y = _up_conv_bn_relu(y, self[1])
-        y = _up_conv_bn_relu(y, self[3])
-        return y.permute(0, 3, 1, 2)
+        return _up_conv_bn_relu(self.first_layer(x), self[3]).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self[4](self.features(x))
@@ -217,7 +219,7 @@ class TextConditionedDecoder(nn.Module):
                 or not rows_apply(features)):
             return self.logits(self.features(features), tau)
         b, _, h, w = features.shape
-        y = _up_conv_bn_relu(features.permute(0, 2, 3, 1), self.visual[1])
+        y = self.visual.first_layer(features)
         folded, tap_bias, bias = self._note_taps(tau, features.dtype)
         project = Linear(folded[0], tap_bias[0])
         kk = self.kernel_size**2

@@ -102,11 +102,12 @@ def _by_row_group(x, taps, centre, plan: Plan, relu: bool, out) -> None:
     """The whole layer at inference, one image and output row group at a time, from the
     low-res rows that group reads (its own and a one-row halo; the tap products of the
     two rows it shares with the group before are taken from that group's), so the
-    per-thread buffers hold a group, not an image (rn101 at 224 px: ~20 instead of ~85 MB). x: (w, b, h, C_in). The interpolation products go through
-    oneDNN (ReLU fused; ~11 ms per image faster than MKL in place), the height product in
-    two halves so that each new result is at most ~6 MB (whole groups: +33 MiB peak RSS,
-    halves +17). `out`: the (b, H, W*C_out) output, or a callable handed each block of
-    output rows instead, `out(image, row0, row1, block)` (`upsample_conv3x3_rows`)."""
+    per-thread buffers hold a group, not an image (rn101 at 224 px: ~20 instead of
+    ~85 MB). x: (w, b, h, C_in). The interpolation products go through oneDNN (ReLU
+    fused; ~11 ms per image faster than MKL in place), the height product in two halves
+    so that each new result is at most ~6 MB (whole groups: +33 MiB peak RSS, halves +17).
+    `out`: the (b, H, W*C_out) output, or a callable handed each block of output rows
+    instead, `out(image, row0, row1, block)` (`upsample_conv3x3_rows`)."""
     w, b, _, c_in = x.shape
     c_out = taps.shape[-1] // 3
     big_w = SCALE * w

@@ -33,15 +33,13 @@ def shifted_taps(n: int, scale: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Plan:
-    """Interpolation matrices for one (h, w, scale), and the row product cut into groups.
+    """The interpolation products for one (h, w, scale), cut into groups.
 
     The row matrix is banded (block a of `scale` output rows reads low-res rows a-1..a+1),
     so it is applied as a few GEMMs over row groups, each with only the columns its rows
     can touch; likewise its transpose in the backward pass.
     """
 
-    rows: torch.Tensor  # (H, 3h), columns in (low-res row, tap) order
-    cols: torch.Tensor  # (W, 3w), columns in (tap, low-res column) order
     col_groups_t: tuple[tuple[int, int, int, int, int, torch.Tensor], ...]  # (kx, b0, b1, o0, o1, coeff)
     col_groups: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (o0, o1, s0, s1, coeff)
     groups: tuple[tuple[int, int, int, int, torch.Tensor], ...]  # (o0, o1, r0, r1, rows[o0:o1, 3r0:3r1])
@@ -125,6 +123,8 @@ def _halves(coeff: torch.Tensor) -> tuple[tuple[int, int, int, int, torch.Tensor
 @functools.lru_cache(maxsize=32)
 @torch.inference_mode(False)  # cached for later calls in any mode: normal tensors
 def make_plan(h: int, w: int, scale: int, dtype: torch.dtype, device: torch.device) -> Plan:
+    # the row matrix's columns in (low-res row, tap) order, the column matrix's in (tap,
+    # low-res column) order; only their cuts are kept
     rows = shifted_taps(h, scale).reshape(scale * h, 3 * h)
     cols = shifted_taps(w, scale).permute(0, 2, 1).reshape(scale * w, 3 * w)
     forward, backward = _row_groups(rows, h, scale)
@@ -133,7 +133,6 @@ def make_plan(h: int, w: int, scale: int, dtype: torch.dtype, device: torch.devi
         return t.to(device=device, dtype=dtype).contiguous()
 
     return Plan(
-        to(rows), to(cols),
         tuple((*g[:5], to(g[5])) for g in _col_groups_t(cols, w, scale)),
         tuple((*g[:4], to(g[4])) for g in _col_groups(cols, w, scale)),
         tuple((*g[:4], to(g[4])) for g in forward),
