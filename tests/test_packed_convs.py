@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_causalseg.engine import Segmenter, SegmenterConfig, save_checkpoint
+from napari_causalseg.engine.encoders import DenseAttentionPool
 from napari_causalseg.engine.packed_convs import (
     PackedBottleneck,
     PackedConv2d,
@@ -41,8 +42,9 @@ def test_segmenter_packs_the_image_side_and_agrees_with_the_unpacked_model(tmp_p
     # every ReLU and residual add of the image side is fused into a packed convolution
     assert sum(convs(part, nn.ReLU) + convs(part, Bottleneck) for part in image_side) == 0
     assert convs(owned.model.vision, PackedBottleneck) == convs(model.vision, Bottleneck) > 0
+    assert owned.model.vision.backbone.attnpool.packed is not None
     plain = Segmenter(model, SegmenterConfig(device="cpu"))  # a caller's model: left as it is
-    assert convs(plain.model, PackedConv2d) == 0
+    assert convs(plain.model, PackedConv2d) == 0 and plain.model.vision.backbone.attnpool.packed is None
     a, b = plain.image_features(xray), owned.image_features(xray)
     scale = a.pixels.abs().max().item()
     assert (a.pixels - b.pixels).abs().max().item() <= 1e-5 * scale
@@ -64,6 +66,28 @@ def test_packed_conv_computes_conv2d_at_other_sizes_and_layouts(stride, padding,
               torch.randn(2, 12, 10, 10).contiguous(memory_format=torch.channels_last)):
         with torch.inference_mode():
             torch.testing.assert_close(packed(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_packing
+def test_dense_pool_with_packed_projections_computes_the_same_and_releases_its_weights():
+    """q|k|v as one packed product and c_proj packed: the pool's numbers at other batch
+    and grid sizes too (bicubic positions), each source weight handed to `release`."""
+    torch.manual_seed(2)
+    pool = DenseAttentionPool(grid=4, in_dim=32, heads=4, out_dim=16).eval()
+    with torch.no_grad():
+        pool.connect[1].running_mean.normal_()  # BN with statistics, as after training
+    inputs = [torch.randn(1, 32, 4, 4), torch.randn(3, 32, 5, 6).contiguous(memory_format=torch.channels_last)]
+    with torch.inference_mode():
+        want = [pool(x) for x in inputs]
+    released = []
+    assert pool.pack_projections_(release=released.append)
+    assert released == [pool.q_proj.weight, pool.k_proj.weight, pool.v_proj.weight, pool.c_proj.weight]
+    with torch.inference_mode():
+        for x, expected in zip(inputs, want):
+            torch.testing.assert_close(pool(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="float32 on the CPU"):
+        pool(inputs[0].double())
+    assert not DenseAttentionPool(grid=2, in_dim=8, heads=2, out_dim=4).double().pack_projections_()
 
 
 @needs_packing

@@ -144,10 +144,11 @@ class Segmenter:
             # first prompts); a mapped weight's file pages go, the packed copy replaces them
             size = self.model.config.image_size
             example = torch.zeros(1, 3, size, size, device=self.device)
+            release = drop_mapped_pages if self._weights_file is not None else lambda w: None
             pack_convolutions_(
-                self.model, lambda: self.model.encode_image(example, with_confounding=False),
-                release=drop_mapped_pages if self._weights_file is not None else lambda w: None,
+                self.model, lambda: self.model.encode_image(example, with_confounding=False), release
             )
+            self.model.vision.backbone.attnpool.pack_projections_(release)
             return_free_heap()  # that forward's freed activations would stay in the heap
         text = self.model.text.transformer
         if fuse and self._weights_file is not None and PackedTextTower.available(text):
