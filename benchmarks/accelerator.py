@@ -10,6 +10,7 @@ import torch
 from benchmarks.common import build_models, clock, cpu_model, inputs, log
 from napari_causalseg.engine import NoteTokenizer
 from napari_causalseg.engine.objective import causal_objective
+from napari_causalseg.engine.optim import adam
 
 
 def bench_accelerator(config: str, size: int, device: str, seconds: float = 3.0,
@@ -54,10 +55,10 @@ def bench_accelerator(config: str, size: int, device: str, seconds: float = 3.0,
     log(f"  {name}: inference {result['inference_images_per_s']:.1f} img/s, "
         f"reference {result['reference_inference_images_per_s']:.1f} img/s")
 
-    def train(m) -> Callable[[], None]:
+    def train(m, optimizer=torch.optim.Adam) -> Callable[[], None]:
         m.train()
         imgs, toks, masks = (t.to(dev) for t in inputs(tokenizer, train_batch, size, seed=5))
-        opt = torch.optim.Adam(m.parameters(), lr=3e-5)
+        opt = optimizer(m.parameters(), lr=3e-5)
 
         def run() -> None:
             opt.zero_grad(set_to_none=True)
@@ -67,7 +68,7 @@ def bench_accelerator(config: str, size: int, device: str, seconds: float = 3.0,
             opt.step()
         return run
 
-    result["train_images_per_s"] = throughput(train(model), train_batch)
+    result["train_images_per_s"] = throughput(train(model, adam), train_batch)  # the Trainer's
     result["reference_train_images_per_s"] = throughput(train(ref), train_batch)
     log(f"  {name}: training {result['train_images_per_s']:.1f} img/s, "
         f"reference {result['reference_train_images_per_s']:.1f} img/s")

@@ -87,8 +87,9 @@ def _details(r: dict[str, Any]) -> list[str]:
             f"prompt {inf['large_image']['first_prompt']['median']:.3f}, re-prompt "
             f"{inf['large_image']['reprompt']['median'] * 1e3:.0f} ms.")]
           if "large_image" in inf else []),
-        (f"- Training (Adam, L_c + L_s through the gradient reversal, both decoders, batch "
-        f"{tr['batch']}): per image {tr['train_step_per_image']['min']:.3f} / "
+        (f"- Training (L_c + L_s through the gradient reversal, both decoders, batch "
+        f"{tr['batch']}; the fast model with the package Trainer's optimiser, "
+        f"{tr.get('fast_optimizer', 'Adam')}, the reference with torch's default Adam): per image {tr['train_step_per_image']['min']:.3f} / "
         f"{tr['train_step_per_image']['median']:.3f} fast, "
         f"{tr['reference_train_step_per_image']['min']:.2f} / "
         f"{tr['reference_train_step_per_image']['median']:.2f} reference, both with freed memory "

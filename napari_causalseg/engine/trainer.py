@@ -36,6 +36,7 @@ from .events import TrainEvent
 from .host_memory import keep_freed_memory
 from .model import CausalCLIPSeg
 from .objective import causal_objective
+from .optim import adam
 from .tokenizer import NoteTokenizer
 from .train_config import TrainConfig
 from .train_state import Resumable, read_train_state, write_train_state
@@ -144,7 +145,7 @@ class Trainer:
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=config.lr)
+        self.optimizer = adam(params, lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=max(config.epochs, 1)
         )
