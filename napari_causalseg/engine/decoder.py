@@ -13,7 +13,8 @@ restructured (the straightforward version is the oracle in tests/reference.py):
 
 So the note-independent part ends at the second ReLU (`features`): that is what the
 image-feature cache holds, and a new note costs one C->1 KxK convolution.
-Features are kept channels-last (B, C, H, W with C innermost in memory).
+Features are kept channels-last (B, C, H, W with C innermost in memory); at inference a
+note's projection runs along the pixels (`_tap_major`).
 """
 
 from __future__ import annotations
@@ -183,6 +184,34 @@ class TextConditionedDecoder(nn.Module):
                 out = out + padded[:, ky : ky + h, kx : kx + w, ky * k + kx]
         return out[:, None]
 
+    def _shift_sum_planes(self, proj: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """`_shift_sum` for per-tap maps stored tap-major, (m, K*K, H, W)."""
+        m, _, h, w = proj.shape
+        k = self.kernel_size
+        p = k // 2
+        padded = F.pad(proj, (p, p, p, p))
+        out = bias.expand(m)[:, None, None]
+        for ky in range(k):
+            for kx in range(k):
+                out = out + padded[:, ky * k + kx, ky : ky + h, kx : kx + w]
+        return out[:, None]
+
+    def _tap_major(self, flat: torch.Tensor, folded: torch.Tensor, tap_bias: torch.Tensor,
+                   bias: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Inference through oneDNN: each image's tap maps as taps @ pixels^T, (n*K*K, H*W),
+        with the pixels as the product's weight operand, so that it runs along the pixels
+        (rn101 at 224 px: 51 MB of features in ~2.0 ms, against ~2.8 ms as pixels @ taps^T,
+        whose 9 output columns leave most of each vector unit idle)."""
+        b, n, kk = flat.shape[0], folded.shape[0], folded.shape[1]
+        if b == 1:  # one image, any number of notes: one product
+            proj = mm(folded.reshape(n * kk, -1), flat[0].T).view(n, kk, h, w)
+        else:  # one note for every image, or a note per image
+            proj = flat.new_empty(b, kk, h, w)
+            for i in range(b):
+                mm(folded[i if n > 1 else 0], flat[i].T, out=proj[i].view(kk, h * w))
+        proj += tap_bias[:, :, None, None]  # before the shift: the padding must not see it
+        return self._shift_sum_planes(proj, bias)
+
     def logits(self, pixels: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """The note-dependent part: conv1x1 then the per-sample KxK conv, folded into one
         KxK conv C->1 per note. `pixels` from `features`; one note for many images or
@@ -195,6 +224,8 @@ class TextConditionedDecoder(nn.Module):
         m = max(n, b)
         kk = self.kernel_size**2
         flat = pixels.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when channels-last
+        if applies(flat):
+            return self._tap_major(flat, folded, tap_bias, bias, h, w)
         # every tap's 1-channel map, (m, H*W, K*K): one GEMM over the features
         if n == 1:  # one note (for one or many images): a plain GEMM (oneDNN's where it applies)
             proj = Linear(folded[0], tap_bias[0])(flat.reshape(b * h * w, c))
@@ -221,16 +252,17 @@ class TextConditionedDecoder(nn.Module):
         b, _, h, w = features.shape
         y = self.visual.first_layer(features)
         folded, tap_bias, bias = self._note_taps(tau, features.dtype)
-        project = Linear(folded[0], tap_bias[0])
+        taps = folded[0]
         kk = self.kernel_size**2
-        proj = features.new_empty(b, y.shape[1] * SCALE, y.shape[2] * SCALE, kk)
+        proj = features.new_empty(b, kk, y.shape[1] * SCALE, y.shape[2] * SCALE)
 
         def consume(image: int, row0: int, row1: int, block: torch.Tensor) -> None:
-            rows = block.reshape(-1, block.shape[-1])
-            proj[image, row0:row1].copy_(project(rows).view(row1 - row0, -1, kk))
+            rows = block.reshape(-1, block.shape[-1])  # tap-major, as `_tap_major` explains
+            proj[image, :, row0:row1].copy_(mm(taps, rows.T).view(kk, row1 - row0, -1))
 
         upsample_conv3x3_rows(y, *_folded_for_inference(self.visual[3]), consume, relu=True)
-        return self._shift_sum(proj, bias)
+        proj += tap_bias[:, :, None, None]
+        return self._shift_sum_planes(proj, bias)
 
     def forward(self, features: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         return self.logits(self.features(features), tau)
