@@ -172,20 +172,8 @@ class TextConditionedDecoder(nn.Module):
         return folded, tap_bias, bias
 
     def _shift_sum(self, proj: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """(m, H, W, K*K) per-tap maps -> (m, 1, H, W) logits: each tap's map shifted into
-        place (zero padding) and summed, plus the note's bias."""
-        m, h, w, _ = proj.shape
-        k = self.kernel_size
-        p = k // 2
-        padded = F.pad(proj, (0, 0, p, p, p, p))
-        out = bias.expand(m)[:, None, None]
-        for ky in range(k):
-            for kx in range(k):
-                out = out + padded[:, ky : ky + h, kx : kx + w, ky * k + kx]
-        return out[:, None]
-
-    def _shift_sum_planes(self, proj: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """`_shift_sum` for per-tap maps stored tap-major, (m, K*K, H, W)."""
+        """(m, K*K, H, W) per-tap maps (any memory layout) -> (m, 1, H, W) logits: each
+        tap's map shifted into place (zero padding) and summed, plus the note's bias."""
         m, _, h, w = proj.shape
         k = self.kernel_size
         p = k // 2
@@ -210,7 +198,7 @@ class TextConditionedDecoder(nn.Module):
             for i in range(b):
                 mm(folded[i if n > 1 else 0], flat[i].T, out=proj[i].view(kk, h * w))
         proj += tap_bias[:, :, None, None]  # before the shift: the padding must not see it
-        return self._shift_sum_planes(proj, bias)
+        return self._shift_sum(proj, bias)
 
     def logits(self, pixels: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """The note-dependent part: conv1x1 then the per-sample KxK conv, folded into one
@@ -235,7 +223,7 @@ class TextConditionedDecoder(nn.Module):
             proj = proj.view(h * w, n, kk).transpose(0, 1)
         else:  # a note per image
             proj = _PixelProjection.apply(tap_bias, flat, folded)
-        return self._shift_sum(proj.reshape(m, h, w, kk), bias)
+        return self._shift_sum(proj.reshape(m, h, w, kk).permute(0, 3, 1, 2), bias)
 
     def logits_without_features(self, features: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """`logits(self.features(features), tau)` for one note, without the full-resolution
@@ -262,7 +250,7 @@ class TextConditionedDecoder(nn.Module):
 
         upsample_conv3x3_rows(y, *_folded_for_inference(self.visual[3]), consume, relu=True)
         proj += tap_bias[:, :, None, None]
-        return self._shift_sum_planes(proj, bias)
+        return self._shift_sum(proj, bias)
 
     def forward(self, features: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         return self.logits(self.features(features), tau)
