@@ -17,7 +17,7 @@ from napari_causalseg.engine.upconv import (
     interpolation_matrix,
     tap_weights,
     upsample_conv3x3,
-    upsample_conv3x3_rows,
+    upsample_conv3x3_blocks,
     upsample_conv3x3_taps,
 )
 from napari_causalseg.testing.reference import ReferenceDecoder, reference_from
@@ -206,29 +206,29 @@ def test_logits_broadcast_one_note_many_images_and_back():
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 3, 6, 4), (1, 20, 17, 3, 2)], ids=["5x3", "20x17-grouped"])
-def test_upsample_conv3x3_rows_hands_out_the_layer_row_block_by_row_block(shape):
-    """Every output row reaches the consumer exactly once, with the values the whole
+def test_upsample_conv3x3_blocks_hands_out_the_layer_block_by_block(shape):
+    """Every output pixel reaches the consumer exactly once, with the values the whole
     layer has (the same products: equal, not just close), ReLU included."""
     b, h, w, c_in, c_out = shape
     torch.manual_seed(1)
     x = torch.randn(b, h, w, c_in)
     weight, bias = torch.randn(c_out, c_in, 3, 3), torch.randn(c_out)
     taps = tap_weights(weight)
-    seen = torch.zeros(b, 4 * h, dtype=torch.int64)
+    seen = torch.zeros(b, 4 * h, 4 * w, dtype=torch.int64)
     got = torch.full((b, 4 * h, 4 * w, c_out), float("nan"))
 
-    def consume(image, row0, row1, block):
-        seen[image, row0:row1] += 1
-        got[image, row0:row1] = block
+    def consume(image, row0, row1, col0, col1, block):
+        seen[image, row0:row1, col0:col1] += 1
+        got[image, row0:row1, col0:col1] = block
 
     with torch.inference_mode():
-        upsample_conv3x3_rows(x, taps, bias, consume, relu=True)
+        upsample_conv3x3_blocks(x, taps, bias, consume, relu=True)
         whole = upsample_conv3x3_taps(x, taps, bias, relu=True)
     assert (seen == 1).all()
     assert torch.equal(got, whole)
     torch.testing.assert_close(got, conv_after_upsample(x, weight, bias).clamp_min(0), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="CPU inference"):  # autograd would record nothing
-        upsample_conv3x3_rows(x.requires_grad_(), taps, bias, consume)
+        upsample_conv3x3_blocks(x.requires_grad_(), taps, bias, consume)
 
 
 def test_logits_without_features_are_the_logits_of_the_features():

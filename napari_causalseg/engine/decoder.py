@@ -31,10 +31,10 @@ from .device import autocast_dtype
 from .onednn import Linear, applies, mm
 from .upconv import (
     SCALE,
-    rows_apply,
+    blocks_apply,
     tap_weights,
     upsample_conv3x3,
-    upsample_conv3x3_rows,
+    upsample_conv3x3_blocks,
     upsample_conv3x3_taps,
 )
 
@@ -228,14 +228,14 @@ class TextConditionedDecoder(nn.Module):
     def logits_without_features(self, features: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """`logits(self.features(features), tau)` for one note, without the full-resolution
         features ever held whole: for an image prompted once (a first prompt, a folder
-        run). At CPU inference each block of rows of the second upsample-convolution is
+        run). At CPU inference each block of the second upsample-convolution's output is
         projected onto the note's taps as it is made (the same products, so the same
         numbers), so its output (51 MB for rn101 at 224 px) is never written to fresh
         memory: that was ~12,500 page faults, 12 to 90 ms on a 2-core VM, plus a pass
         over it. Elsewhere (GPU, training, several notes) the plain path."""
         bn = self.visual[3][1]
         if (tau.shape[0] != 1 or bn.training or bn.running_mean is None
-                or not rows_apply(features)):
+                or not blocks_apply(features)):
             return self.logits(self.features(features), tau)
         b, _, h, w = features.shape
         y = self.visual.first_layer(features)
@@ -244,11 +244,11 @@ class TextConditionedDecoder(nn.Module):
         kk = self.kernel_size**2
         proj = features.new_empty(b, kk, y.shape[1] * SCALE, y.shape[2] * SCALE)
 
-        def consume(image: int, row0: int, row1: int, block: torch.Tensor) -> None:
-            rows = block.reshape(-1, block.shape[-1])  # tap-major, as `_tap_major` explains
-            proj[image, :, row0:row1].copy_(mm(taps, rows.T).view(kk, row1 - row0, -1))
+        def consume(image: int, row0: int, row1: int, col0: int, col1: int, block: torch.Tensor) -> None:
+            pixels = block.reshape(-1, block.shape[-1])  # tap-major, as `_tap_major` explains
+            proj[image, :, row0:row1, col0:col1] = mm(taps, pixels.T).view(kk, row1 - row0, col1 - col0)
 
-        upsample_conv3x3_rows(y, *_folded_for_inference(self.visual[3]), consume, relu=True)
+        upsample_conv3x3_blocks(y, *_folded_for_inference(self.visual[3]), consume, relu=True)
         proj += tap_bias[:, :, None, None]
         return self._shift_sum(proj, bias)
 

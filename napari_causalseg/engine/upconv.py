@@ -20,8 +20,8 @@ Layout: the input is channels-last (B, h, w, C_in) and the output (B, 4h, 4w, C_
 only Z is transposed once between the two products. All work is in large GEMMs: many
 small ones (a batched matmul is a loop on the CPU) fall apart when other processes
 compete for the cores. At inference the layer runs one image and output row group (a
-quarter of the rows) at a time, so that its reused buffers hold a group, not an image;
-training runs every image at once.
+quarter of the rows) at a time, so that its reused buffers hold a group, not an image,
+and within a group one slab of output columns at a time; training runs every image at once.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from .device import autocast_dtype
 from .onednn import mm
 from .upconv_plan import SCALE, Plan, interpolation_matrix, make_plan, shifted_taps
 
-__all__ = ["SCALE", "interpolation_matrix", "rows_apply", "shifted_taps", "tap_weights",
-           "upsample_conv3x3", "upsample_conv3x3_rows", "upsample_conv3x3_taps"]
+__all__ = ["SCALE", "interpolation_matrix", "blocks_apply", "shifted_taps", "tap_weights",
+           "upsample_conv3x3", "upsample_conv3x3_blocks", "upsample_conv3x3_taps"]
 
 _workspace = threading.local()
 
@@ -87,7 +87,7 @@ def _forward(
     flat = out.view(b, SCALE * h, -1)
     centre = _centre_bias(bias, c_out, xw)
     if reuse and xw.device.type == "cpu":  # on a GPU, ~1000 small kernels per batch instead
-        _by_row_group(xw.view(w, b, h, c_in), taps, centre, plan, relu, flat)
+        _by_row_group(xw.view(w, b, h, c_in), taps, centre, plan, relu, out)
         return out
     # 1. nine 1x1 mixings at low resolution: t[kx] = x @ W[:, :, :, kx], columns (ky, c)
     rows_in = xw.reshape(w * b * h, c_in)
@@ -103,14 +103,16 @@ def _by_row_group(x, taps, centre, plan: Plan, relu: bool, out) -> None:
     low-res rows that group reads (its own and a one-row halo; the tap products of the
     two rows it shares with the group before are taken from that group's), so the
     per-thread buffers hold a group, not an image (rn101 at 224 px: ~20 instead of
-    ~85 MB). x: (w, b, h, C_in). The interpolation products go through oneDNN (ReLU
-    fused; ~11 ms per image faster than MKL in place), the height product in two halves
-    so that each new result is at most ~6 MB (whole groups: +33 MiB peak RSS, halves +17).
-    `out`: the (b, H, W*C_out) output, or a callable handed each block of output rows
-    instead, `out(image, row0, row1, block)` (`upsample_conv3x3_rows`)."""
+    ~85 MB). Within a group, one slab of output columns at a time goes through both
+    interpolation products, so that the width product's result (~3 MB) is still in cache
+    when the height product reads it (~2 ms of ~35 per rn101 first prompt, against the
+    group's whole width at once). x: (w, b, h, C_in). The interpolation products go
+    through oneDNN (ReLU fused; ~11 ms per image faster than MKL in place), the height
+    product in two halves of the group's rows (half the multiply-adds by zeros).
+    `out`: the (b, H, W, C_out) output, or a callable handed each block of the output
+    instead, `out(image, row0, row1, col0, col1, block)` (`upsample_conv3x3_blocks`)."""
     w, b, _, c_in = x.shape
     c_out = taps.shape[-1] // 3
-    big_w = SCALE * w
     for i in range(b):
         done, end = [], 0  # the previous group's tap products, and the low-res row it ended at
         for (o0, _, r0, r1, _), halves in zip(plan.groups, plan.halves):
@@ -127,26 +129,25 @@ def _by_row_group(x, taps, centre, plan: Plan, relu: bool, out) -> None:
             for kx in range(3):  # the shared rows are the last of the group before
                 t.append(([(done[kx][:, -kept:], 0)] if kept else []) + [(new[kx], kept)])
             done, end = new, r1
-            # 2.+3. upsample + shift along the width, all taps kx at once, by groups of
-            # output columns, each from the 3 x (few) low-res columns it can touch; each
-            # result goes straight to the last product's layout, rows outermost: ((h, ky), (W, c))
-            zt = _scratch("d", (3 * rows, big_w, c_out), x)
             for q0, q1, s0, s1, coeff in plan.col_groups:
+                # 2.+3. upsample + shift along the width, all taps kx at once, for the output
+                # columns q0:q1 from the 3 x (few) low-res columns they can touch; the result
+                # goes to the height product's layout, rows outermost: ((h, ky), (q, c))
                 src = _scratch("c", (3, s1 - s0, rows, 3 * c_out), x)
                 for kx in range(3):
                     for part, start in t[kx]:
                         src[kx, :, start : start + part.shape[1]].copy_(part[s0:s1])
                 part = mm(coeff, src.view(-1, cols)).view(q1 - q0, 3 * rows, c_out)
-                zt[:, q0:q1].copy_(part.transpose(0, 1))
-            del t, new
-            # 4. upsample + shift along the height, sum over ky
-            zrows = zt.view(3 * rows, -1)
-            for a0, a1, k0, k1, coeff in halves:
-                if callable(out):
-                    block = mm(coeff, zrows[k0:k1], relu=relu)
-                    out(i, o0 + a0, o0 + a1, block.view(a1 - a0, big_w, c_out))
-                else:
-                    mm(coeff, zrows[k0:k1], out=out[i, o0 + a0 : o0 + a1], relu=relu)
+                zt = _scratch("d", (3 * rows, q1 - q0, c_out), x)
+                zt.copy_(part.transpose(0, 1))
+                # 4. upsample + shift along the height, sum over ky
+                zrows = zt.view(3 * rows, -1)
+                for a0, a1, k0, k1, coeff_h in halves:
+                    block = mm(coeff_h, zrows[k0:k1], relu=relu).view(a1 - a0, q1 - q0, c_out)
+                    if callable(out):
+                        out(i, o0 + a0, o0 + a1, q0, q1, block)
+                    else:
+                        out[i, o0 + a0 : o0 + a1, q0:q1] = block
 
 
 def _rows_at_once(t, plan: Plan, flat, b: int, h: int, c_out: int, relu: bool) -> None:
@@ -253,22 +254,23 @@ def _check_taps(x: torch.Tensor, taps: torch.Tensor) -> None:
         raise ValueError(f"input {tuple(x.shape)} does not match taps {tuple(taps.shape)}")
 
 
-def rows_apply(x: torch.Tensor) -> bool:
-    """Whether `upsample_conv3x3_rows` runs for `x`: float32 on the CPU, nothing
+def blocks_apply(x: torch.Tensor) -> bool:
+    """Whether `upsample_conv3x3_blocks` runs for `x`: float32 on the CPU, nothing
     recorded for autograd, no autocast."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and autocast_dtype("cpu") is None)
 
 
-def upsample_conv3x3_rows(
+def upsample_conv3x3_blocks(
     x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
-    consume: Callable[[int, int, int, torch.Tensor], None], relu: bool = False,
+    consume: Callable[[int, int, int, int, int, torch.Tensor], None], relu: bool = False,
 ) -> None:
-    """`upsample_conv3x3_taps(x, taps, bias, relu)` handed to `consume(image, row0, row1, block)`
-    by blocks of output rows, (row1 - row0, W, C_out), valid during the call only: for a
-    caller that reduces it at once (a first prompt, decoder.py). Where `rows_apply(x)`."""
-    if not rows_apply(x):
-        raise ValueError("upsample_conv3x3_rows is for float32 CPU inference (no autograd, no autocast)")
+    """`upsample_conv3x3_taps(x, taps, bias, relu)` handed to `consume(image, row0, row1,
+    col0, col1, block)` block by block, (row1 - row0, col1 - col0, C_out), each valid during
+    the call only: for a caller that reduces it at once (a first prompt, decoder.py).
+    Where `blocks_apply(x)`."""
+    if not blocks_apply(x):
+        raise ValueError("upsample_conv3x3_blocks is for float32 CPU inference (no autograd, no autocast)")
     _check_taps(x, taps)
     b, h, w, c_in = x.shape
     xw = x.permute(2, 0, 1, 3).contiguous()
