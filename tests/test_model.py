@@ -72,15 +72,19 @@ def carafe_reference(module: CARAFE, x: torch.Tensor) -> torch.Tensor:
     return module.out(out)
 
 
-def test_carafe_matches_reference():
-    """Both of its paths: the broadcast product without autograd, the GEMMs with it
-    (whose gradients are then those of the pixel-by-pixel definition)."""
+@pytest.mark.parametrize(("k", "up", "channels_last"), [(3, 2, False), (5, 3, True)])
+def test_carafe_matches_reference(k, up, channels_last):
+    """Without autograd and with it (whose gradients are then those of the
+    pixel-by-pixel definition), for other kernel sizes, factors and memory layouts too."""
     torch.manual_seed(0)
-    module = CARAFE(16, 12, kernel_size=3, up=2)
-    x = torch.randn(2, 16, 5, 6, requires_grad=True)
+    module = CARAFE(16, 12, kernel_size=k, up=up)
+    x = torch.randn(2, 16, 5, 6)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     with torch.no_grad():
         fast, slow = module(x), carafe_reference(module, x)
-    assert fast.shape == (2, 12, 10, 12)
+    assert fast.shape == (2, 12, 5 * up, 6 * up)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     recorded, slow = module(x), carafe_reference(module, x)
     torch.testing.assert_close(recorded, slow, rtol=1e-5, atol=1e-5)

@@ -32,21 +32,20 @@ class CARAFE(nn.Module):
         return kernels.softmax(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.reassemble(x).permute(0, 3, 1, 2))
+
+    def reassemble(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, up*H, up*W, C), channels-last: output pixel (up*y + i,
+        up*x + j) is the softmax-weighted sum of source pixel (y, x)'s k x k neighbourhood
+        (zero padding). As one small product per source pixel, its up*up kernels (up*up,
+        k2) by its neighbourhood (k2, C): rn101's /32 features at batch 1 ~0.45 ms, against
+        ~1.9 ms for a broadcast product summed over k2; with its backward at batch 4, 8
+        against 60 ms for an einsum over nearest-upsampled neighbourhoods."""
         n, c, h, w = x.shape
         k, up = self.kernel_size, self.up
-        # k x k neighbourhoods of every source pixel: (N, C*k2, H, W)
-        patches = F.unfold(x, k, padding=k // 2)
-        if torch.is_grad_enabled():
-            # Each output pixel reads the neighbourhood of its source pixel (nearest):
-            # a batched GEMM per pixel, whose backward is GEMMs too.
-            kernels = self.reassembly_kernels(x)  # (N, k2, uH, uW)
-            patches = F.interpolate(patches.view(n, c * k * k, h, w), scale_factor=up, mode="nearest")
-            out = torch.einsum("nckhw,nkhw->nchw", patches.view(n, c, k * k, up * h, up * w), kernels)
-            return self.out(out)
-        # Without autograd the same sums as one broadcast product and a sum over k2: output
-        # pixel (up*y + i, up*x + j) reads source pixel (y, x)'s neighbourhood. ~6x faster
-        # on the CPU for rn101's /32 features (2 instead of 12 ms); in training its
-        # backward (reductions over the broadcast axes) was slower than the GEMMs'.
-        kernels = self.reassembly_kernels(x).view(n, 1, k * k, h, up, w, up)
-        out = (patches.view(n, c, k * k, h, 1, w, 1) * kernels).sum(2)  # (N, C, H, up, W, up)
-        return self.out(out.view(n, c, up * h, up * w))
+        kernels = self.reassembly_kernels(x).view(n, k * k, h, up, w, up)
+        kernels = kernels.permute(0, 2, 4, 3, 5, 1).reshape(n * h * w, up * up, k * k)
+        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, k // 2, k // 2, k // 2, k // 2))
+        patches = torch.stack([padded[:, dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)], dim=3)
+        out = torch.bmm(kernels, patches.view(n * h * w, k * k, c))  # (N*H*W, up*up, C)
+        return out.view(n, h, w, up, up, c).permute(0, 1, 3, 2, 4, 5).reshape(n, up * h, up * w, c)
