@@ -8,10 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_causalseg.engine import Segmenter, SegmenterConfig, save_checkpoint
+from napari_causalseg.engine.bn_folding import fold_batchnorm_
+from napari_causalseg.engine.causal import CoordConv
 from napari_causalseg.engine.encoders import DenseAttentionPool
 from napari_causalseg.engine.packed_convs import (
     PackedBottleneck,
     PackedConv2d,
+    PackedCoordConv,
     fuse_relus_,
     pack_convolutions_,
     packing_available,
@@ -42,6 +45,7 @@ def test_segmenter_packs_the_image_side_and_agrees_with_the_unpacked_model(tmp_p
     # every ReLU and residual add of the image side is fused into a packed convolution
     assert sum(convs(part, nn.ReLU) + convs(part, Bottleneck) for part in image_side) == 0
     assert convs(owned.model.vision, PackedBottleneck) == convs(model.vision, Bottleneck) > 0
+    assert convs(owned.model.intervention, PackedCoordConv) == convs(model.intervention, CoordConv) > 0
     assert owned.model.vision.backbone.attnpool.packed is not None
     plain = Segmenter(model, SegmenterConfig(device="cpu"))  # a caller's model: left as it is
     assert convs(plain.model, PackedConv2d) == 0 and plain.model.vision.backbone.attnpool.packed is None
@@ -66,6 +70,31 @@ def test_packed_conv_computes_conv2d_at_other_sizes_and_layouts(stride, padding,
               torch.randn(2, 12, 10, 10).contiguous(memory_format=torch.channels_last)):
         with torch.inference_mode():
             torch.testing.assert_close(packed(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_packing
+def test_packed_coordconv_computes_the_coordconv_at_other_sizes_and_batches():
+    """The coordinates' share as a per-size map added in the convolution's pass: the
+    CoordConv's numbers for the size it was packed for, another size (a new map) and a
+    batch of several (the map broadcast), channels-last or not; its weight released."""
+    torch.manual_seed(3)
+    coord = CoordConv(6, 5).eval()
+    with torch.no_grad():
+        coord.conv[1].running_mean.normal_()
+        want = {}
+        inputs = [torch.randn(1, 6, 7, 7), torch.randn(3, 6, 5, 9).contiguous(memory_format=torch.channels_last)]
+        for x in inputs:
+            want[x.shape] = coord(x)
+    model = nn.Sequential(coord)
+    fold_batchnorm_(model)
+    weight, released = coord.conv[0].weight, []
+    assert pack_convolutions_(model, lambda: model(inputs[0]), release=released.append) == 1
+    assert isinstance(model[0], PackedCoordConv) and released == [weight]
+    with torch.inference_mode():
+        for x in inputs + inputs:  # twice: the second time from the kept maps
+            torch.testing.assert_close(model(x), want[x.shape], rtol=1e-5, atol=1e-5)
+    assert sorted(model[0].maps) == [(5, 9), (7, 7)]
+    assert (want[inputs[1].shape] == 0).any()  # the ReLU mattered
 
 
 @needs_packing

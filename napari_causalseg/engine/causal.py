@@ -34,11 +34,16 @@ class CoordConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
-        xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        coords = torch.stack([grid_x, grid_y]).expand(b, 2, h, w)
+        coords = coordinates(h, w, x).expand(b, 2, h, w)
         return self.conv(torch.cat([x, coords], dim=1))
+
+
+def coordinates(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """CoordConv's two extra channels, (1, 2, h, w): x then y, each from -1 to 1."""
+    ys = torch.linspace(-1, 1, h, device=like.device, dtype=like.dtype)
+    xs = torch.linspace(-1, 1, w, device=like.device, dtype=like.dtype)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y])[None]
 
 
 class Masker(nn.Module):
