@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import torch
@@ -82,6 +83,16 @@ def _details(r: dict[str, Any]) -> list[str]:
             "nothing else running); a re-prompt with one of them then skips the text encoder: "
             f"{inf['reprompt_warm']['min'] * 1e3:.1f} / {inf['reprompt_warm']['median'] * 1e3:.1f} ms.")]
           if "reprompt_warm" in inf else []),
+        *([(f"- A long session ({inf['session']['images']} new images, one after another, with a note "
+            "already encoded; the image cache growing): first prompt "
+            f"{inf['session']['first_prompt']['min']:.3f} / {inf['session']['first_prompt']['median']:.3f} "
+            f"over the last {inf['session']['tail']}, with "
+            f"{statistics.median(inf['session']['minor_faults']):.0f} minor page faults per prompt "
+            f"(median; max {max(inf['session']['minor_faults'])}). Freed heap is kept between prompts "
+            "(host_memory.keep_heap_between_calls); under glibc's own threshold such a session "
+            "came to give a prompt's ~40 MB of transients back after every prompt, ~10,000 page "
+            "faults each.")]
+          if "session" in inf else []),
         *([(f"- A {inf['large_image']['shape'][0]}x{inf['large_image']['shape'][1]} 16-bit "
             "radiograph (percentile window, resize, maps at full size; no target): first "
             f"prompt {inf['large_image']['first_prompt']['median']:.3f}, re-prompt "

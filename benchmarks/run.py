@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -185,6 +186,26 @@ def bench_inference(seg: Segmenter, ref, size: int, repeats: int, reprompts: int
     }
 
 
+def bench_session(seg: Segmenter, size: int, images: int = 60, tail: int = 20) -> dict[str, Any]:
+    """A long session: first prompts on `images` new images with a note already encoded,
+    the image cache growing; the last `tail` of them, with the minor page faults of each
+    (a heap that gives a prompt's freed transients back to the system makes the next one
+    fault them in again: host_memory.keep_heap_between_calls)."""
+    rng = np.random.default_rng(5)
+    note = notes_for(seg.tokenizer, 1)[0]
+    seg.segment(rng.integers(0, 255, (size, size), dtype=np.uint8), note)
+    times, faults = [], []
+    for _ in range(images):
+        image = rng.integers(0, 255, (size, size), dtype=np.uint8)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        times.append(clock(lambda image=image: seg.segment(image, note)))
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    log(f"  session: first prompt {statistics.median(times[-tail:]) * 1e3:.0f} ms, "
+        f"{statistics.median(faults[-tail:])} page faults (medians of the last {tail})")
+    return {"images": images, "tail": tail, "first_prompt": summary(times[-tail:]),
+            "minor_faults": faults[-tail:]}
+
+
 def train_step_fn(model, tokenizer, batch: int, size: int, lam: float = 0.05, optimizer=torch.optim.Adam):
     """`optimizer`: the fast model gets the package Trainer's (`adam`: fused where torch
     has it), the reference torch's default Adam, as the authors' training would."""
@@ -250,6 +271,7 @@ def bench_cpu(args: argparse.Namespace, threads: int, results: dict[str, Any]) -
         eq["inference"] = segmenter_equivalence(seg, ref, tokenizer, args.size)
         log("inference ...")
         inf = bench_inference(seg, ref, args.size, args.repeats, args.reprompts)
+        inf["session"] = bench_session(seg, args.size, args.session_images)
         del seg
         log("peak RSS (child process) ...")
         rss = bench_peak_rss(checkpoint, args.config, threads)
@@ -285,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: usable CPUs)")
     parser.add_argument("--repeats", type=int, default=11, help="first-prompt / reference-forward pairs")
     parser.add_argument("--reprompts", type=int, default=20)
+    parser.add_argument("--session-images", type=int, default=60, help="new images in the long session")
     parser.add_argument("--train-rounds", type=int, default=3,
                         help="rounds of 1 reference + 2 fast steps (3: a median that one slow step cannot move)")
     parser.add_argument("--train-batch", type=int, default=4)

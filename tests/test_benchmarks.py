@@ -22,7 +22,7 @@ def test_benchmark_runs_on_the_tiny_model(tmp_path, capsys):
         "--config", "tiny", "--json", "--repeats", "1", "--reprompts", "2", "--train-rounds", "1",
         "--train-batch", "2", "--accelerator", "cpu", "--accel-seconds", "0",
         "--accel-batch", "2", "2", "--out", str(out), "--rss-python", sys.executable,
-        "--batch-images", "3", "--batch-singles", "1", "--batch-large", "1",
+        "--batch-images", "3", "--batch-singles", "1", "--batch-large", "1", "--session-images", "3",
     ])
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) >= KEYS
@@ -36,6 +36,8 @@ def test_benchmark_runs_on_the_tiny_model(tmp_path, capsys):
     assert set(printed["details"]["peak_rss"]["file_rss_after_first_prompt_mb"]) == {"checkpoint", "libraries"}
     assert printed["details"]["batch_cli"]["folder_images_per_s"] > 0 and "causalseg segment" in report
     assert printed["details"]["inference"]["prefetch"]["notes"] > 50 and "Warm re-prompt" in report
+    session = printed["details"]["inference"]["session"]
+    assert len(session["minor_faults"]) == 3 and "A long session (3 new images" in report
 
 
 def test_qata_subset_is_a_seeded_sgseg_copy_the_trainer_reads(lvit_root, tmp_path):

@@ -31,7 +31,7 @@ from .checkpoint import FileIdentity, drop_mapped_pages, load_checkpoint
 from .config import ModelConfig
 from .device import resolve_device
 from .factory import build_model
-from .host_memory import return_free_heap
+from .host_memory import keep_heap_between_calls, return_free_heap
 from .model import CausalCLIPSeg
 from .notes import all_notes
 from .packed_convs import pack_convolutions_
@@ -66,6 +66,10 @@ class SegmenterConfig:
     text_cache_entries: int = 512
     truncate_notes: bool = False  # opt-in; the dropped words are reported
     prefetch_notes: bool = False  # after the first prompt, encode every QaTa note in the background
+    # on the CPU, keep up to 128 MiB of freed heap between prompts (process-wide, glibc):
+    # otherwise a long session can give a prompt's ~40 MB of transients back to the system
+    # after every prompt and fault them in again (host_memory.py)
+    keep_freed_heap: bool = True
 
     def __post_init__(self) -> None:
         check_threshold(self.threshold)
@@ -150,6 +154,8 @@ class Segmenter:
             )
             self.model.vision.backbone.attnpool.pack_projections_(release)
             return_free_heap()  # that forward's freed activations would stay in the heap
+        if self.device.type == "cpu" and config.keep_freed_heap:
+            keep_heap_between_calls()
         text = self.model.text.transformer
         if fuse and self._weights_file is not None and PackedTextTower.available(text):
             # The text weights are file pages this model only reads: packed once (a copy),
