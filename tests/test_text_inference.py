@@ -7,7 +7,7 @@ import torch
 
 from napari_causalseg.engine import NoteTokenizer, onednn
 from napari_causalseg.engine.notes import HEALTHY_NOTE, all_notes
-from napari_causalseg.engine.text_inference import PackedTextTower, encode_text
+from napari_causalseg.engine.text_inference import FusedActivation, PackedTextTower, encode_text
 from napari_causalseg.engine.text_transformer import TextTransformer
 
 LONG = ("Bilateral pulmonary infection, six infected areas, upper middle lower left lung and upper "
@@ -84,12 +84,20 @@ def test_too_many_tokens_are_refused():
 
 
 @pytest.mark.skipif(not PackedTextTower.available(text_tower(layers=1)), reason="no oneDNN in this torch build")
-def test_packed_weights_give_the_same_tau():
-    text = text_tower()
+@pytest.mark.parametrize("quick_gelu", [True, False])
+def test_packed_weights_give_the_same_tau(quick_gelu):
+    """With the MLP's activation in its first layer's pass (QuickGELU through the scaled
+    swish, GELU as oneDNN's)."""
+    text = text_tower(quick_gelu=quick_gelu)
     released = []
     packed = PackedTextTower(text, release=released.append)
-    # every linear weight, the last block's q/k/v in two parts
+    # every linear weight, the last block's q/k/v in two parts; the model's own tensors
+    # (their file pages go), not the scaled copies that were packed
     assert len(released) == 4 * 3 + 1
+    for block in text.transformer.resblocks:
+        assert any(w is block.mlp.c_fc.weight for w in released)
+        assert any(w is block.mlp.c_proj.weight for w in released)
+    assert all(isinstance(block.fc, FusedActivation) for block in packed.blocks)
     tokens = tokens_of(NOTES + NOTES[::-1])
     with torch.inference_mode():
         torch.testing.assert_close(packed(tokens), text(tokens), rtol=1e-5, atol=1e-5)

@@ -12,7 +12,12 @@ up to 2048) product. Exact changes make it cheap:
   F.linear on some CPUs (measured on AMD EPYC, torch 2.14 with MKL), and ~3.5x with the
   weights packed once into oneDNN's blocked layout (`PackedTextTower`), which also spares
   the per-call repacking its transient 1-4 MB buffers. Elsewhere, and with autograd on,
-  plain F.linear.
+  plain F.linear;
+- a packed tower applies the MLP's activation in the same oneDNN pass as its first
+  linear layer (`FusedActivation`): QuickGELU, x * sigmoid(1.702 x), is oneDNN's swish,
+  y * sigmoid(y), of y = 1.702 x divided by 1.702, so 1.702 goes into that layer's weight
+  and bias and 1 / 1.702 into the next one's weight. Three elementwise passes fewer per block:
+  ~0.2 ms of a new note's ~7 ms for rn101 (alternating both in one process).
 
 `encode_text` reads the model's parameters on every call, so it follows weight changes;
 a `PackedTextTower` is a snapshot, for a model that no longer changes (a Segmenter's own).
@@ -20,6 +25,7 @@ a `PackedTextTower` is a snapshot, for a model that no longer changes (a Segment
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -28,7 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .onednn import Linear, _onednn_linear
-from .text_transformer import ResidualAttentionBlock, TextTransformer
+from .text_transformer import QuickGELU, ResidualAttentionBlock, TextTransformer
+
+QUICK_GELU_SCALE = 1.702  # QuickGELU(x) = swish(1.702 x) / 1.702
 
 
 class Block(NamedTuple):
@@ -40,25 +48,81 @@ class Block(NamedTuple):
     q: Linear | None
     kv: Linear | None
     out: Linear
-    fc: Linear
+    fc: Linear | FusedActivation
     proj: Linear
-    gelu: nn.Module
+    gelu: Callable[[torch.Tensor], torch.Tensor]  # the identity where `fc` applies it
     heads: int
 
 
+class FusedActivation(NamedTuple):
+    """A linear layer with packed weights and its activation in one oneDNN pass: `attr`
+    "swish" (x * sigmoid(x)) or "gelu" with `algorithm` "none" (erf) or "tanh"."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    attr: str
+    algorithm: str = ""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return _onednn_linear()(x, self.weight, self.bias, self.attr, [], self.algorithm)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def fused_mlp_input(gelu: nn.Module) -> tuple[str, str, float] | None:
+    """(oneDNN attr, algorithm, scale of the first layer) that computes `gelu` in that
+    layer's pass, or None: the activation then runs on its own."""
+    if isinstance(gelu, QuickGELU) and _fusion_works("swish", ""):
+        return "swish", "", QUICK_GELU_SCALE
+    if isinstance(gelu, nn.GELU) and gelu.approximate in ("none", "tanh") and _fusion_works("gelu", gelu.approximate):
+        return "gelu", gelu.approximate, 1.0
+    return None
+
+
+@functools.cache
+def _fusion_works(attr: str, algorithm: str) -> bool:
+    """Whether this torch build's oneDNN linear applies `attr` as expected (checked once)."""
+    op = _onednn_linear()
+    if op is None:
+        return False
+    x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
+    y = F.linear(x, w, b)
+    want = y * torch.sigmoid(y) if attr == "swish" else F.gelu(y, approximate=algorithm)
+    try:
+        with torch.no_grad():
+            got = op(x, torch.ops.mkldnn._reorder_linear_weight(w), b, attr, [], algorithm)
+    except RuntimeError:
+        return False
+    return torch.allclose(got, want, atol=1e-5)
+
+
 def block_weights(block: ResidualAttentionBlock, last: bool,
-                  pack: Callable[[torch.Tensor], torch.Tensor] = lambda w: w) -> Block:
+                  pack: Callable[..., torch.Tensor] | None = None) -> Block:
+    """The block's weights as they are, or through `pack(weight, scale=1.0)` (oneDNN's
+    layout: the activation is then fused into the MLP's first layer where it can be)."""
     attn, mlp = block.attn, block.mlp
     w, b = attn.in_proj_weight, attn.in_proj_bias
     width = w.shape[1]
+    put = pack or (lambda weight, scale=1.0: weight)
     qkv = q = kv = None
     if last:
-        q, kv = Linear(pack(w[:width]), b[:width]), Linear(pack(w[width:]), b[width:])
+        q, kv = Linear(put(w[:width]), b[:width]), Linear(put(w[width:]), b[width:])
     else:
-        qkv = Linear(pack(w), b)
-    return Block(block.ln_1, block.ln_2, qkv, q, kv, Linear(pack(attn.out_proj.weight), attn.out_proj.bias),
-                 Linear(pack(mlp.c_fc.weight), mlp.c_fc.bias), Linear(pack(mlp.c_proj.weight), mlp.c_proj.bias),
-                 mlp.gelu, attn.heads)
+        qkv = Linear(put(w), b)
+    out = Linear(put(attn.out_proj.weight), attn.out_proj.bias)
+    fused = fused_mlp_input(mlp.gelu) if pack is not None else None
+    if fused is None:
+        fc, proj = Linear(put(mlp.c_fc.weight), mlp.c_fc.bias), Linear(put(mlp.c_proj.weight), mlp.c_proj.bias)
+        gelu = mlp.gelu
+    else:
+        attr, algorithm, scale = fused
+        with torch.no_grad():
+            fc = FusedActivation(put(mlp.c_fc.weight, scale), mlp.c_fc.bias.detach() * scale, attr, algorithm)
+            proj = Linear(put(mlp.c_proj.weight, 1 / scale), mlp.c_proj.bias)
+        gelu = _identity
+    return Block(block.ln_1, block.ln_2, qkv, q, kv, out, fc, proj, gelu, attn.heads)
 
 
 def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
@@ -127,8 +191,9 @@ class PackedTextTower:
     def __init__(self, text: TextTransformer, release: Callable[[torch.Tensor], None] = lambda w: None):
         self.text = text
 
-        def pack(w: torch.Tensor) -> torch.Tensor:
-            packed = torch.ops.mkldnn._reorder_linear_weight(w.detach())
+        def pack(w: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            source = w.detach() if scale == 1.0 else w.detach() * scale
+            packed = torch.ops.mkldnn._reorder_linear_weight(source)
             release(w)
             return packed
 
