@@ -63,9 +63,11 @@ def test_interpolation_matrix_is_pytorch_bilinear():
     [(2, 5, 3, 6, 4), (1, 2, 2, 3, 5), (3, 1, 4, 2, 2), (2, 7, 6, 8, 3), (2, 20, 17, 3, 2)],
     ids=["5x3", "2x2", "1x4", "7x6", "20x17-grouped"],
 )
-def test_upsample_conv3x3_is_exact(shape):
+def test_upsample_conv3x3_is_exact(shape, monkeypatch):
     """Values and all three gradients, with and without bias; 20x17 cuts both banded
-    products into several groups (as at 224 px), the small ones use a single group."""
+    products into several groups (as at 224 px), the small ones use a single group.
+    Inference both in row groups (large layers) and with the whole batch at once."""
+    from napari_causalseg.engine import upconv
     b, h, w, c_in, c_out = shape
     torch.manual_seed(0)
     x = torch.randn(b, h, w, c_in, dtype=torch.float64, requires_grad=True)
@@ -75,8 +77,11 @@ def test_upsample_conv3x3_is_exact(shape):
         fast, ref = upsample_conv3x3(x, weight, bb), conv_after_upsample(x, weight, bb)
         assert fast.shape == (b, 4 * h, 4 * w, c_out)
         torch.testing.assert_close(fast, ref, rtol=0, atol=1e-12)
-        with torch.no_grad():  # inference: image by image and row group, reused buffers
-            torch.testing.assert_close(upsample_conv3x3(x, weight, bb), ref, rtol=0, atol=1e-12)
+        for grouped_above in (0, 2**62):  # by image and row group, reused buffers; all at once
+            monkeypatch.setattr(upconv, "_GROUPED_ABOVE_BYTES", grouped_above)
+            with torch.no_grad():
+                torch.testing.assert_close(upsample_conv3x3(x, weight, bb), ref, rtol=0, atol=1e-12)
+        monkeypatch.undo()
         g = torch.randn_like(ref)
         inputs = [x, weight] + ([bb] if bb is not None else [])
         got = torch.autograd.grad(fast, inputs, g)
@@ -85,7 +90,7 @@ def test_upsample_conv3x3_is_exact(shape):
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
-def test_upsample_conv3x3_float32_training_products_are_exact():
+def test_upsample_conv3x3_float32_training_products_are_exact(monkeypatch):
     """In float32 with autograd recording, the interpolation products and the gradients'
     GEMMs run through oneDNN where the build has it (`onednn.mm`): the same values and
     gradients as the straightforward layer computed in float64, to float32 rounding."""
@@ -98,11 +103,16 @@ def test_upsample_conv3x3_float32_training_products_are_exact():
     ref = conv_after_upsample(*inputs64)
     scale = ref.abs().max().item()
     torch.testing.assert_close(fast.double(), ref, rtol=0, atol=1e-5 * scale)
-    with torch.no_grad():  # inference: by image and row group, oneDNN's products, ReLU fused
-        torch.testing.assert_close(upsample_conv3x3(x, weight, bias).double(), ref, rtol=0, atol=1e-5 * scale)
-        taps = tap_weights(weight)
-        fused = upsample_conv3x3_taps(x, taps, bias, relu=True).double()
-        torch.testing.assert_close(fused, ref.clamp_min(0), rtol=0, atol=1e-5 * scale)
+    from napari_causalseg.engine import upconv
+
+    for grouped_above in (0, 2**62):  # inference by row group, and all at once: oneDNN, ReLU fused
+        monkeypatch.setattr(upconv, "_GROUPED_ABOVE_BYTES", grouped_above)
+        with torch.no_grad():
+            torch.testing.assert_close(upsample_conv3x3(x, weight, bias).double(), ref, rtol=0, atol=1e-5 * scale)
+            taps = tap_weights(weight)
+            fused = upsample_conv3x3_taps(x, taps, bias, relu=True).double()
+            torch.testing.assert_close(fused, ref.clamp_min(0), rtol=0, atol=1e-5 * scale)
+    monkeypatch.undo()
     g = torch.randn_like(fast)
     got = torch.autograd.grad(fast, [x, weight, bias], g)
     want = torch.autograd.grad(ref, inputs64, g.double())
@@ -358,13 +368,16 @@ def test_inference_fold_follows_weight_changes():
         assert_logits_close(got, ref(feats.double(), tau.double()), rel=1e-12)
 
 
-def test_inference_is_thread_safe_and_training_keeps_no_scratch():
-    """Scratch buffers are reused per thread at inference only: two threads at once give
-    what one gives, and a training pass leaves nothing behind in the workspace."""
+def test_inference_is_thread_safe_and_training_keeps_no_scratch(monkeypatch):
+    """Scratch buffers are reused per thread at inference only (layers in row groups: here
+    every layer): two threads at once give what one gives, and a training pass leaves
+    nothing behind in the workspace."""
     import threading
 
     from napari_causalseg.engine import upconv
 
+    monkeypatch.setattr(upconv, "_GROUPED_ABOVE_BYTES", 0)
+    upconv._workspace.__dict__.clear()
     fast, _ = make_decoders()
     fast.eval()
     torch.manual_seed(6)
@@ -415,3 +428,21 @@ def test_inference_mode_then_plain_no_grad_then_training():
     got, want = fast(feats, tau), ref(feats, tau)
     assert_logits_close(got, want)
     got.sum().backward()
+
+
+def test_inference_runs_a_layer_in_row_groups_only_where_its_buffers_would_be_large(monkeypatch):
+    """Row groups (and their per-thread scratch buffers) above the size limit, the whole
+    batch at once up to it: rn101's first decoder layer at 224 px is under it."""
+    from napari_causalseg.engine import upconv
+
+    x, taps = torch.randn(1, 6, 5, 8), tap_weights(torch.randn(4, 8, 3, 3))
+    need = upconv._whole_batch_bytes(1, 6, 5, 4, x.element_size())
+    for above, grouped in ((need, False), (need - 1, True)):
+        monkeypatch.setattr(upconv, "_GROUPED_ABOVE_BYTES", above)
+        upconv._workspace.__dict__.clear()
+        with torch.inference_mode():
+            upsample_conv3x3_taps(x, taps)
+        assert bool(getattr(upconv._workspace, "buffers", {})) == grouped
+    monkeypatch.undo()
+    assert upconv._whole_batch_bytes(1, 14, 14, 512, 4) <= upconv._GROUPED_ABOVE_BYTES
+    assert upconv._whole_batch_bytes(1, 56, 56, 256, 4) > upconv._GROUPED_ABOVE_BYTES

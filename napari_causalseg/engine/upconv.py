@@ -19,9 +19,10 @@ output, which equals conv(up(x)) up to float rounding.
 Layout: the input is channels-last (B, h, w, C_in) and the output (B, 4h, 4w, C_out);
 only Z is transposed once between the two products. All work is in large GEMMs: many
 small ones (a batched matmul is a loop on the CPU) fall apart when other processes
-compete for the cores. At inference the layer runs one image and output row group (a
-quarter of the rows) at a time, so that its reused buffers hold a group, not an image,
-and within a group one slab of output columns at a time; training runs every image at once.
+compete for the cores. At inference a layer with large buffers (rn101's second) runs one
+image and output row group (a quarter of the rows) at a time, so that its reused buffers
+hold a group, not an image, and within a group one slab of output columns at a time;
+training, and small layers at inference, run every image at once.
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ __all__ = ["SCALE", "interpolation_matrix", "blocks_apply", "shifted_taps", "tap
            "upsample_conv3x3", "upsample_conv3x3_blocks", "upsample_conv3x3_taps"]
 
 _workspace = threading.local()
+
+# At inference a layer runs in row groups (per-thread buffers that hold a group, not the
+# batch) only where its whole-batch buffers would be large: rn101's second layer at 224 px
+# needs ~120 MB of them, its first ~15 MB, for which the row groups' many small products
+# cost more than they save (~4.5 -> ~3.9 ms, alternating both in one process).
+_GROUPED_ABOVE_BYTES = 32 * 2**20
+
+
+def _whole_batch_bytes(b: int, h: int, w: int, c_out: int, itemsize: int) -> int:
+    """The tap products, the width product and the output of `_rows_at_once`."""
+    return itemsize * b * h * w * c_out * (9 + 3 * SCALE + SCALE * SCALE)
 
 
 def _scratch(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -86,7 +98,8 @@ def _forward(
     out = torch.empty(b, SCALE * h, SCALE * w, c_out, dtype=xw.dtype, device=xw.device)
     flat = out.view(b, SCALE * h, -1)
     centre = _centre_bias(bias, c_out, xw)
-    if reuse and xw.device.type == "cpu":  # on a GPU, ~1000 small kernels per batch instead
+    grouped = _whole_batch_bytes(b, h, w, c_out, xw.element_size()) > _GROUPED_ABOVE_BYTES
+    if reuse and grouped and xw.device.type == "cpu":  # on a GPU, ~1000 small kernels instead
         _by_row_group(xw.view(w, b, h, c_in), taps, centre, plan, relu, out)
         return out
     # 1. nine 1x1 mixings at low resolution: t[kx] = x @ W[:, :, :, kx], columns (ky, c)
