@@ -62,6 +62,12 @@ def _details(r: dict[str, Any]) -> list[str]:
         f"{inf['reference_forward']['median']:.3f}; D_c only: "
         f"{inf['reference_forward_causal_only']['min']:.3f} / "
         f"{inf['reference_forward_causal_only']['median']:.3f}."),
+        *([(f"  Minor page faults per call (medians): reference forward "
+            f"{inf['minor_faults']['reference_forward']:.0f}, first prompt "
+            f"{inf['minor_faults']['first_prompt']:.0f}. The reference maps fresh memory for its "
+            "full-resolution tensors on every forward, so its time (and the ratio of item 2) moves "
+            "with what a page fault costs on the machine at the time.")]
+          if "minor_faults" in inf else []),
         (f"- First prompt (`Segmenter.segment`, new image, new note; preprocessing, both "
         f"encoders, D_c's visual path, the note's conv, sigmoid, resize): "
         f"{inf['first_prompt']['min']:.3f} / {inf['first_prompt']['median']:.3f}; "

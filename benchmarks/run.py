@@ -100,6 +100,10 @@ def segmenter_equivalence(seg: Segmenter, ref, tokenizer, size: int) -> dict[str
     return {"max_abs_diff": diff, "logit_scale": scale, "relative": diff / scale}
 
 
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def bench_inference(seg: Segmenter, ref, size: int, repeats: int, reprompts: int,
                     large: tuple[int, int] = (3000, 2500)) -> dict[str, Any]:
     notes = iter(notes_for(seg.tokenizer, repeats + reprompts + 24))
@@ -123,10 +127,15 @@ def bench_inference(seg: Segmenter, ref, size: int, repeats: int, reprompts: int
         seg.segment(new_image(), next(notes))
         ref_forward()
     first, ref_s, ref_causal_s = [], [], []
+    faults = {"reference_forward": [], "first_prompt": []}  # minor page faults of each
     for _ in range(repeats):  # interleaved, so that load changes hit both
+        before = minor_faults()
         ref_s.append(clock(ref_forward))
+        faults["reference_forward"].append(minor_faults() - before)
         image, note = new_image(), next(notes)
+        before = minor_faults()
         first.append(clock(lambda image=image, note=note: seg.segment(image, note)))
+        faults["first_prompt"].append(minor_faults() - before)
     for _ in range(max(2, repeats // 2)):
         ref_causal_s.append(clock(ref_forward_causal))
     known = note  # a new image with the note already typed for the previous one
@@ -173,6 +182,7 @@ def bench_inference(seg: Segmenter, ref, size: int, repeats: int, reprompts: int
         "reprompt_warm": summary(warm),
         "prefetch": {"notes": len(qata), "seconds": prefetch_s},
         "first_prompt": summary(first),
+        "minor_faults": {k: statistics.median(v) for k, v in faults.items()},
         "first_prompt_known_note": summary(first_known),
         "reference_forward": summary(ref_s),
         "reference_forward_causal_only": summary(ref_causal_s),
@@ -197,9 +207,9 @@ def bench_session(seg: Segmenter, size: int, images: int = 60, tail: int = 20) -
     times, faults = [], []
     for _ in range(images):
         image = rng.integers(0, 255, (size, size), dtype=np.uint8)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        before = minor_faults()
         times.append(clock(lambda image=image: seg.segment(image, note)))
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        faults.append(minor_faults() - before)
     log(f"  session: first prompt {statistics.median(times[-tail:]) * 1e3:.0f} ms, "
         f"{statistics.median(faults[-tail:])} page faults (medians of the last {tail})")
     return {"images": images, "tail": tail, "first_prompt": summary(times[-tail:]),

@@ -38,6 +38,7 @@ def test_benchmark_runs_on_the_tiny_model(tmp_path, capsys):
     assert printed["details"]["inference"]["prefetch"]["notes"] > 50 and "Warm re-prompt" in report
     session = printed["details"]["inference"]["session"]
     assert len(session["minor_faults"]) == 3 and "A long session (3 new images" in report
+    assert "Minor page faults per call" in report
 
 
 def test_qata_subset_is_a_seeded_sgseg_copy_the_trainer_reads(lvit_root, tmp_path):
