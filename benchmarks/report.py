@@ -64,9 +64,10 @@ def _details(r: dict[str, Any]) -> list[str]:
         f"{inf['reference_forward_causal_only']['median']:.3f}."),
         *([(f"  Minor page faults per call (medians): reference forward "
             f"{inf['minor_faults']['reference_forward']:.0f}, first prompt "
-            f"{inf['minor_faults']['first_prompt']:.0f}. The reference maps fresh memory for its "
-            "full-resolution tensors on every forward, so its time (and the ratio of item 2) moves "
-            "with what a page fault costs on the machine at the time.")]
+            f"{inf['minor_faults']['first_prompt']:.0f}. Where the reference's full-resolution "
+            "tensors are freshly mapped on every forward (~276,000 faults; whether they are depends "
+            "on the heap the process has by then) its forward took ~1.1-1.3 s on this machine "
+            "instead of ~0.8-0.9 s, and item 2's ratio moves with it.")]
           if "minor_faults" in inf else []),
         (f"- First prompt (`Segmenter.segment`, new image, new note; preprocessing, both "
         f"encoders, D_c's visual path, the note's conv, sigmoid, resize): "
