@@ -153,13 +153,15 @@ class Segmenter:
                 self.model, lambda: self.model.encode_image(example, with_confounding=False), release
             )
             self.model.vision.backbone.attnpool.pack_projections_(release)
-            return_free_heap()  # that forward's freed activations would stay in the heap
         text = self.model.text.transformer
         if fuse and self._weights_file is not None and PackedTextTower.available(text):
             # The text weights are file pages this model only reads: packed once (a copy),
             # their pages are dropped, so the copy replaces them in memory.
             self._packed_text = PackedTextTower(text, release=drop_mapped_pages)
-            return_free_heap()  # the scaled weights it packed (text_inference.py) were copies
+        if fuse and self.device.type == "cpu":
+            # the packing forward's activations and the text tower's scaled weight copies
+            # (text_inference.py) were transient: give them back once, before the heap is kept
+            return_free_heap()
         if self.device.type == "cpu" and config.keep_freed_heap:
             keep_heap_between_calls()
 
