@@ -31,8 +31,8 @@ def test_folding_is_exact_in_float64(tiny_model):
 
 
 def test_folding_rewrites_weights_in_place(tiny_model):
-    """No second copy of the weights: with memory-mapped checkpoints a scaled copy would
-    hold them twice (the peak-RSS benchmark measured +140 MB for RN101)."""
+    """Without `release` (a model in the process's own memory): no second copy of the
+    weights, which a scaled copy would hold twice."""
     from torch.profiler import profile
 
     convs = [m for m in tiny_model.vision.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -43,6 +43,48 @@ def test_folding_rewrites_weights_in_place(tiny_model):
     assert [c.weight.data_ptr() for c in convs] == before
     allocated = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
     assert max(allocated) < largest // 8  # per-channel vectors only, no weight-sized temporary
+
+
+def test_folding_with_release_makes_copies_and_leaves_the_weights_it_read_unwritten(tiny_model):
+    """With `release`: the same numbers as in place, each old weight handed to `release`
+    once and never written (a mapped checkpoint's pages stay clean: no copy-on-write)."""
+    model = with_batchnorm_statistics(tiny_model).eval().double()
+    in_place = fuse_for_inference_(copy.deepcopy(model))
+    old = {name: (p, p._version, p.detach().clone()) for name, p in model.named_parameters()
+           if name.startswith(("vision.", "intervention.")) and name.endswith("weight") and p.dim() == 4}
+    released = []
+    fused = fuse_for_inference_(model, release=released.append)
+    assert len(released) == len({id(w) for w in released}) > 10
+    assert {id(w) for w in released} <= {id(p) for p, _, _ in old.values()}
+    for p, version, values in old.values():
+        assert p._version == version and torch.equal(p, values)
+    fused_weights = dict(fused.named_parameters())
+    for name in old:
+        if any(w is old[name][0] for w in released):
+            assert fused_weights[name] is not old[name][0]
+            torch.testing.assert_close(fused_weights[name], dict(in_place.named_parameters())[name],
+                                       rtol=0, atol=0)
+    image = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        a = fused.encode_image(image, with_confounding=False).causal
+        b = in_place.encode_image(image, with_confounding=False).causal
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_segmenter_loading_a_checkpoint_never_writes_its_mapped_weights(tmp_path, tiny_model, xray):
+    """Writing a page of the mapped file copies it (a page fault each: ~1 s for rn101's
+    image side); the Segmenter folds into copies and only reads the file's pages."""
+    from napari_causalseg.engine.checkpoint import load_checkpoint
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, with_batchnorm_statistics(tiny_model).eval())
+    model, info = load_checkpoint(path, mmap=True)
+    mapped = [(t, t._version) for t in model.state_dict().values()]
+    seg = Segmenter(model, SegmenterConfig(device="cpu"), fuse=True, weights_file=info.mapped)
+    assert seg.model.fused_for_inference
+    assert [t._version for t, _ in mapped] == [v for _, v in mapped]
+    plain = Segmenter.from_checkpoint(path, SegmenterConfig(device="cpu"))
+    assert abs(seg.segment(xray, NOTE).probability - plain.segment(xray, NOTE).probability).max() == 0
 
 
 def test_fold_counts_pairs_and_skips_lone_convs():

@@ -19,7 +19,7 @@ from napari_causalseg.engine import (
     read_checkpoint_info,
     save_checkpoint,
 )
-from napari_causalseg.engine.checkpoint import drop_mapped_pages
+from napari_causalseg.engine.checkpoint import drop_mapped_pages, mapped_pages_release
 from napari_causalseg.engine.config import ModelConfig, TextConfig
 from napari_causalseg.engine.text_inference import PackedTextTower
 
@@ -170,6 +170,24 @@ def test_mapped_weights_survive_replacement_but_not_an_in_place_rewrite(tmp_path
     moved = Segmenter.from_checkpoint(path)
     path.unlink()
     moved.segment(xray, NOTE)  # the mapping keeps the deleted file
+
+
+def test_mapped_pages_release_drops_only_the_files_pages(tmp_path):
+    """Dropping a mapped weight's pages reads the file back; dropping the pages of a copy in
+    the process's own memory would zero it, so a copy is left alone."""
+    path = tmp_path / "m.safetensors"
+    model = perturbed(CausalCLIPSeg(get_config("tiny"))).eval()
+    save_checkpoint(path, model)
+    loaded, _ = load_checkpoint(path, mmap=True)
+    release = mapped_pages_release(loaded.state_dict().values())
+    name, weight = max(loaded.named_parameters(), key=lambda item: item[1].numel())
+    assert weight.nbytes > 4 * os.sysconf("SC_PAGE_SIZE")
+    copy = weight.detach() * 2  # e.g. a folded weight: the process's own memory
+    want = copy.clone()
+    release(copy)
+    assert torch.equal(copy, want)
+    release(weight)
+    assert torch.equal(weight, dict(model.named_parameters())[name])
 
 
 def test_dropped_text_pages_read_back_the_same_weights(tmp_path, tiny_model):

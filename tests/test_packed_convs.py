@@ -135,10 +135,10 @@ def test_only_the_convolutions_that_run_are_packed_and_each_old_weight_is_releas
     model = nn.ModuleDict({"block": nn.Sequential(used, nn.ReLU()), "spare": unused})
     x = torch.randn(1, 3, 8, 8)
     want = F.relu(used(x))
-    released = []
+    released, weight = [], used.weight
     assert pack_convolutions_(model, lambda: model["block"](x), release=released.append) == 1
     assert isinstance(model["block"][0], PackedConv2d) and model["spare"] is unused
-    assert len(released) == 1 and released[0] is used.weight
+    assert len(released) == 1 and released[0] is weight and used.weight is None
     with torch.inference_mode():
         torch.testing.assert_close(model["block"](x), want, rtol=1e-5, atol=1e-6)
 
@@ -171,3 +171,26 @@ def test_relus_are_fused_only_where_one_follows_the_convolution():
         got = model(x)
     assert (want > 0).any() and (want == 0).any()  # the ReLUs and the shortcut mattered
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_packing
+def test_each_replaced_weight_is_freed_before_the_next_convolution_is_packed():
+    """The old and the packed weights of the whole image side are never held at once:
+    a weight in the process's own memory (a folded copy) is gone before the next packing."""
+    import weakref
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 3, 8, 8)
+    want = model(x).detach()
+    refs, alive_at_release = [], []
+
+    def release(weight):
+        alive_at_release.append(sum(ref() is not None for ref in refs))
+        refs.append(weakref.ref(weight))
+
+    assert pack_convolutions_(model, lambda: model(x), release=release) == 3
+    assert alive_at_release == [0, 0, 0] and all(ref() is None for ref in refs)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,20 @@ def drop_mapped_pages(tensor: torch.Tensor) -> None:
     if end > start:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
+
+
+def mapped_pages_release(tensors: Iterable[torch.Tensor]) -> Callable[[torch.Tensor], None]:
+    """`drop_mapped_pages` for the given views of a mapped checkpoint only (taken at load,
+    before any weight is replaced), matched by address. A tensor made since, such as a
+    folded copy (bn_folding.py), is the process's own memory, whose dropped pages would
+    read back as zeros: for those the returned function does nothing."""
+    mapped = {t.data_ptr() for t in tensors if t.device.type == "cpu" and t.numel()}
+
+    def release(tensor: torch.Tensor) -> None:
+        if tensor.numel() and tensor.data_ptr() in mapped:
+            drop_mapped_pages(tensor)
+
+    return release
 
 
 @dataclass

@@ -172,6 +172,15 @@ def fuse_relus_(module: nn.Module) -> int:
     return fused
 
 
+def _let_go(conv: nn.Conv2d, release: Callable[[torch.Tensor], None]) -> None:
+    """Hand a replaced convolution's weight to `release` and drop it from the module now,
+    not when packing ends: a weight in the process's own memory (BatchNorm folded into a
+    copy, bn_folding.py) is freed before the next is packed, so the old and packed copies
+    of the whole image side are never resident at once."""
+    release(conv.weight)
+    conv.register_parameter("weight", None)
+
+
 def pack_convolutions_(
     module: nn.Module,
     run: Callable[[], object],
@@ -181,7 +190,7 @@ def pack_convolutions_(
     with its BatchNorm folded by a PackedCoordConv), in place; returns how many
     convolutions. `run()` runs the module once at the input size it will see (the
     packing is chosen for that size; other sizes still compute correctly). `release(w)`
-    gets each replaced weight."""
+    gets each replaced weight, which the replaced module then lets go of."""
     if not packing_available():
         return 0
     convs = {conv: name for name, conv in module.named_modules() if packable(conv)}
@@ -202,13 +211,13 @@ def pack_convolutions_(
         if PackedCoordConv.packable(coord) and coord.conv[0] in sizes:
             parent_name, _, attr = name.rpartition(".")
             setattr(parents[parent_name], attr, PackedCoordConv(coord, sizes[coord.conv[0]]))
-            release(coord.conv[0].weight)
+            _let_go(coord.conv[0], release)
             del convs[coord.conv[0]]
     for conv, name in convs.items():
         if conv not in sizes:
             continue  # not on the path that runs: left as it is
         parent_name, _, attr = name.rpartition(".")
         setattr(parents[parent_name], attr, PackedConv2d(conv, sizes[conv]))
-        release(conv.weight)
+        _let_go(conv, release)
     fuse_relus_(module)
     return len(sizes)

@@ -10,7 +10,8 @@ a training device, and F^s is not computed. Text features are cached per normali
 and computed by text_inference.py (the same numbers as the model's text tower, faster);
 `prefetch_notes` fills that cache in the background with every note of the QaTa grammar.
 A Segmenter that loads its own model (`from_checkpoint`, `from_config`) maps the weights
-from the file and folds the image side's BatchNorms in place (bn_folding.py).
+from the file and folds the image side's BatchNorms (bn_folding.py), into copies where
+the weights are the file's pages, which it only reads.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 
 from .bn_folding import fuse_for_inference_
 from .cache import LRUCache
-from .checkpoint import FileIdentity, drop_mapped_pages, load_checkpoint
+from .checkpoint import FileIdentity, load_checkpoint, mapped_pages_release
 from .config import ModelConfig
 from .device import resolve_device
 from .factory import build_model
@@ -122,16 +123,20 @@ class Segmenter:
         fuse: bool = False,
         weights_file: FileIdentity | None = None,
     ):
-        """`fuse=True` folds the image side's BatchNorms into their convolutions in place
-        (faster, same numbers up to float rounding) and makes `model` inference-only: for
+        """`fuse=True` folds the image side's BatchNorms into their convolutions (faster,
+        same numbers up to float rounding) and makes `model` inference-only: for
         models the Segmenter owns (`from_checkpoint`, `from_config`). `weights_file`: the
         checkpoint file `model`'s CPU weights are mapped from, watched for in-place rewrites
         (ignored on other devices, where the weights are copies)."""
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval()
-        if fuse:
-            fuse_for_inference_(self.model)
+        self._weights_file = weights_file if self.device.type == "cpu" else None
+        # the weights' file pages, dropped where a copy replaces them (a packed or a folded one)
+        release = (mapped_pages_release(self.model.state_dict().values())
+                   if self._weights_file is not None else None)
+        if fuse:  # with `release`, folded into copies: the mapped pages are only read
+            fuse_for_inference_(self.model, release)
         self.model_id = model_id or uuid.uuid4().hex
         self.preprocess = PreprocessConfig(size=model.config.image_size)
         self.tokenizer = NoteTokenizer(model.config.text.context_length, truncate=config.truncate_notes)
@@ -140,7 +145,6 @@ class Segmenter:
             config.text_cache_entries
         )
         self._lock = threading.RLock()  # one forward at a time; caches are shared
-        self._weights_file = weights_file if self.device.type == "cpu" else None
         self.prefetch: NotePrefetch | None = None
         self._packed_text: PackedTextTower | None = None
         if fuse and self.device.type == "cpu":
@@ -148,16 +152,14 @@ class Segmenter:
             # first prompts); a mapped weight's file pages go, the packed copy replaces them
             size = self.model.config.image_size
             example = torch.zeros(1, 3, size, size, device=self.device)
-            release = drop_mapped_pages if self._weights_file is not None else lambda w: None
-            pack_convolutions_(
-                self.model, lambda: self.model.encode_image(example, with_confounding=False), release
-            )
-            self.model.vision.backbone.attnpool.pack_projections_(release)
+            pack_convolutions_(self.model, lambda: self.model.encode_image(example, with_confounding=False),
+                               release or (lambda w: None))
+            self.model.vision.backbone.attnpool.pack_projections_(release or (lambda w: None))
         text = self.model.text.transformer
         if fuse and self._weights_file is not None and PackedTextTower.available(text):
             # The text weights are file pages this model only reads: packed once (a copy),
             # their pages are dropped, so the copy replaces them in memory.
-            self._packed_text = PackedTextTower(text, release=drop_mapped_pages)
+            self._packed_text = PackedTextTower(text, release=release)
         if fuse and self.device.type == "cpu":
             # the packing forward's activations and the text tower's scaled weight copies
             # (text_inference.py) were transient: give them back once, before the heap is kept
