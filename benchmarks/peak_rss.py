@@ -17,6 +17,7 @@ import argparse
 import json
 import resource
 import sys
+import time
 from pathlib import Path
 
 
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--reprompts", type=int, default=5)
     args = parser.parse_args()
 
+    start = time.perf_counter()
     import numpy as np
     import torch
 
@@ -88,6 +90,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     stages = {"after_import": rss_mb()}  # torch and this package's engine
+    seconds = {"imports": time.perf_counter() - start}
+    start = time.perf_counter()
     if args.checkpoint is not None:
         seg = Segmenter.from_checkpoint(args.checkpoint, SegmenterConfig(device="cpu"))
         cfg = seg.model_config
@@ -96,10 +100,13 @@ def main() -> None:
         cfg = get_config(args.config)
         seg = Segmenter(build_model(cfg)[0], SegmenterConfig(device="cpu"))
     model = seg.model
+    seconds["load"] = time.perf_counter() - start
     stages["after_load"] = rss_mb()
     image = np.random.default_rng(0).integers(0, 255, (cfg.image_size,) * 2, dtype=np.uint8)
     notes = notes_for(seg.tokenizer, args.reprompts + 1)
+    start = time.perf_counter()
     seg.segment(image, notes[0])
+    seconds["first_prompt"] = time.perf_counter() - start
     stages["after_first_prompt"] = rss_mb()
     file_split = file_rss_by_kind(args.checkpoint)
     for note in notes[1:]:
@@ -108,6 +115,8 @@ def main() -> None:
     print(json.dumps({
         "peak_rss_mb": round(peak_mb(), 1),
         "rss_mb": stages,
+        # a cold start, as a user's session or one `causalseg segment` call has it
+        "startup_s": {k: round(v, 3) for k, v in seconds.items()},
         "file_rss_after_first_prompt_mb": file_split,
         "loaded_from": "checkpoint (memory-mapped)" if args.checkpoint else "random weights in memory",
         # the file's size: the Segmenter's packed convolutions are no longer parameters

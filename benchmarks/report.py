@@ -127,6 +127,8 @@ def _details(r: dict[str, Any]) -> list[str]:
          "weights that were read): "
          + "; ".join(f"{stage} {v['total']:.0f} (anon {v['anon']:.0f}, file {v['file']:.0f})"
                      for stage, v in r["details"]["peak_rss"]["rss_mb"].items()) + "."),
+        *(startup_line(r["details"]["peak_rss"], r["details"].get("peak_rss_other", []))
+          if "startup_s" in r["details"]["peak_rss"] else []),
         ("  File-backed pages after the first prompt: " + ", ".join(
             f"{k} {v:.0f} MiB" for k, v in
             r["details"]["peak_rss"].get("file_rss_after_first_prompt_mb", {}).items())
@@ -141,6 +143,18 @@ def _details(r: dict[str, Any]) -> list[str]:
         *(batch_report_lines(r["details"]["batch_cli"]) if "batch_cli" in r["details"] else []),
         "",
     ]
+
+
+def startup_line(own: dict[str, Any], others: list[dict[str, Any]]) -> list[str]:
+    """The cold start those fresh processes had, for each torch they ran with."""
+    def one(p: dict[str, Any]) -> str:
+        s = p["startup_s"]
+        return (f"torch {p.get('torch', '?')}: imports {s['imports']:.2f} s, "
+                f"`Segmenter.from_checkpoint` {s['load']:.2f} s, first prompt {s['first_prompt']:.3f} s")
+    runs = [one(p) for p in (own, *others) if "startup_s" in p]
+    return [("  Cold start in those processes (imports of torch and the engine, loading the model "
+             "with its packing, the first prompt with oneDNN's first calls and the heap's first "
+             "growth): " + "; ".join(runs) + ".")]
 
 
 def render(r: dict[str, Any]) -> str:

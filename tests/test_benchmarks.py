@@ -39,6 +39,9 @@ def test_benchmark_runs_on_the_tiny_model(tmp_path, capsys):
     session = printed["details"]["inference"]["session"]
     assert len(session["minor_faults"]) == 3 and "A long session (3 new images" in report
     assert "Minor page faults per call" in report
+    startup = printed["details"]["peak_rss"]["startup_s"]
+    assert set(startup) == {"imports", "load", "first_prompt"} and min(startup.values()) > 0
+    assert f"first prompt {startup['first_prompt']:.3f} s" in report
 
 
 def test_qata_subset_is_a_seeded_sgseg_copy_the_trainer_reads(lvit_root, tmp_path):
