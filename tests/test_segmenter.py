@@ -165,6 +165,18 @@ def test_feature_cache_is_bounded(tiny_model, xray):
     assert seg.image_cache.total_cost <= 2.5 * one
 
 
+def test_results_share_the_cached_confounder_map_read_only(segmenter, xray):
+    """Every prompt on an image gets the cache's confounder map without a copy (20 MB for
+    a large X-ray): writing into it is refused, so no result can change another's."""
+    a, b = segmenter.segment(xray, NOTE), segmenter.segment(xray, OTHER_NOTE)
+    np.testing.assert_array_equal(a.confounder, b.confounder)
+    with pytest.raises(ValueError, match="read-only"):
+        a.confounder[0, 0] = 2.0
+    assert b.confounder.max() <= 1
+    a.mask[0, 0] = 1 - a.mask[0, 0]  # the mask is the caller's own (napari paints on it)
+    assert a.mask.dtype == np.uint8 and set(np.unique(b.mask)) <= {0, 1}
+
+
 def test_rethreshold_without_rerunning(segmenter, xray):
     result = segmenter.segment(xray, NOTE)
     t = float(np.median(result.probability))

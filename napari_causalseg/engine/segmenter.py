@@ -55,8 +55,9 @@ def check_threshold(threshold: float) -> float:
 
 
 def threshold_mask(probability: np.ndarray, threshold: float) -> np.ndarray:
-    """The lesion mask (uint8 0/1): pixels with probability >= threshold."""
-    return (probability >= check_threshold(threshold)).astype(np.uint8)
+    """The lesion mask (uint8 0/1): pixels with probability >= threshold. The comparison's
+    booleans viewed as bytes (the same 0/1 values): no second full-size array."""
+    return (probability >= check_threshold(threshold)).view(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ class ImageFeatures:
 class SegmentationResult:
     mask: np.ndarray  # uint8 {0, 1}, original (H, W)
     probability: np.ndarray  # float32 lesion probability, original (H, W)
-    confounder: np.ndarray  # float32 confounder map (1 - M) in [0, 1], original (H, W)
+    # float32 confounder map (1 - M) in [0, 1], original (H, W); read-only: the image
+    # cache's own array, shared by every prompt on the image (copy it to change it)
+    confounder: np.ndarray
     note: str  # the normalised note the model read
     threshold: float
     dropped: str | None = None  # text cut by an explicit truncation
@@ -228,7 +231,9 @@ class Segmenter:
         feats = self.model.encode_image(tensor, with_confounding=False)
         # at the image's own size once, not on every prompt (~25 ms for a 3000 px X-ray)
         confounder = resize_to(feats.confounder_map().float(), tuple(image.shape[:2]))[0, 0]
-        result = ImageFeatures(feats.causal, confounder.clamp(0, 1).cpu().numpy())
+        confounder = confounder.clamp(0, 1).cpu().numpy()
+        confounder.flags.writeable = False  # handed out with every result on this image
+        result = ImageFeatures(feats.causal, confounder)
         self.image_cache.put(key, result)
         return result, True
 
@@ -287,14 +292,15 @@ class Segmenter:
                 logits = self.model.causal_logits_without_features(feats.causal, tau)
             else:
                 logits = self.model.causal_logits(self._with_pixels(key, feats).pixels, tau)
-            probability = torch.sigmoid(resize_to(logits.float(), feats.shape))[0, 0]
+            # in place: the resized logits are this call's own (a large X-ray: 20 MB)
+            probability = resize_to(logits.float(), feats.shape)[0, 0].sigmoid_()
         prob = probability.cpu().numpy()
         if self.config.prefetch_notes and self.prefetch is None:
             self.prefetch_notes()  # after the first prompt, so as not to slow it down
         return SegmentationResult(
             mask=threshold_mask(prob, threshold),
             probability=prob,
-            confounder=feats.confounder.copy(),  # the cache keeps its own
+            confounder=feats.confounder,
             note=tokens.note,
             threshold=threshold,
             dropped=tokens.dropped,
