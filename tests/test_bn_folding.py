@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from napari_causalseg.engine import CheckpointError, Segmenter, SegmenterConfig, save_checkpoint
+from napari_causalseg.engine import packed_convs as packed_convs_module
+from napari_causalseg.engine import segmenter as segmenter_module
 from napari_causalseg.engine.bn_folding import FusedModelError, fold_batchnorm_, fuse_for_inference_
+from napari_causalseg.engine.packed_convs import packing_available
 from napari_causalseg.testing.reference import with_batchnorm_statistics
 
 from .conftest import NOTE
@@ -71,20 +74,39 @@ def test_folding_with_release_makes_copies_and_leaves_the_weights_it_read_unwrit
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_segmenter_loading_a_checkpoint_never_writes_its_mapped_weights(tmp_path, tiny_model, xray):
-    """Writing a page of the mapped file copies it (a page fault each: ~1 s for rn101's
-    image side); the Segmenter folds into copies and only reads the file's pages."""
+def _load_mapped(tmp_path, tiny_model):
     from napari_causalseg.engine.checkpoint import load_checkpoint
 
     path = tmp_path / "m.safetensors"
     save_checkpoint(path, with_batchnorm_statistics(tiny_model).eval())
     model, info = load_checkpoint(path, mmap=True)
-    mapped = [(t, t._version) for t in model.state_dict().values()]
+    return path, model, info, [(t, t._version) for t in model.state_dict().values()]
+
+
+@pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packed convolutions")
+def test_segmenter_loading_a_checkpoint_never_writes_its_mapped_weights(tmp_path, tiny_model, xray):
+    """Writing a page of the mapped file copies it (a page fault each: ~1 s for rn101's
+    image side); where packing replaces the folded weights, the Segmenter folds into copies
+    and only reads the file's pages."""
+    path, model, info, mapped = _load_mapped(tmp_path, tiny_model)
     seg = Segmenter(model, SegmenterConfig(device="cpu"), fuse=True, weights_file=info.mapped)
     assert seg.model.fused_for_inference
     assert [t._version for t, _ in mapped] == [v for _, v in mapped]
     plain = Segmenter.from_checkpoint(path, SegmenterConfig(device="cpu"))
     assert abs(seg.segment(xray, NOTE).probability - plain.segment(xray, NOTE).probability).max() == 0
+
+
+def test_without_packing_the_mapped_weights_are_folded_in_place(tmp_path, tiny_model, xray, monkeypatch):
+    """Without packing a folded copy would stay beside the file's pages, which only Linux
+    can drop: then the fold writes the mapped weights (their pages become the copy)."""
+    monkeypatch.setattr(segmenter_module, "packing_available", lambda: False)
+    monkeypatch.setattr(packed_convs_module, "packing_available", lambda: False)
+    path, model, info, mapped = _load_mapped(tmp_path, tiny_model)
+    seg = Segmenter(model, SegmenterConfig(device="cpu"), fuse=True, weights_file=info.mapped)
+    folded = [t for t, v in mapped if t._version != v]
+    assert len(folded) > 10 and all(t.dim() == 4 for t in folded)
+    plain = Segmenter.from_checkpoint(path, SegmenterConfig(device="cpu"))
+    assert abs(seg.segment(xray, NOTE).probability - plain.segment(xray, NOTE).probability).max() < 1e-5
 
 
 def test_fold_counts_pairs_and_skips_lone_convs():

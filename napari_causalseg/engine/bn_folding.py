@@ -7,7 +7,8 @@ Folding is exact up to float rounding.
 
 In place by default: a folded copy would hold the weights twice. Out of place where the
 caller passes `release` (a Segmenter whose weights are copy-on-write views of the
-checkpoint file): writing a mapped page copies it on a page fault of its own, ~1 s for
+checkpoint file, and which packs the folded convolutions at once, freeing the copies):
+writing a mapped page copies it on a page fault of its own, ~1 s for
 rn101's image side on a 2-core VM, where a fresh scaled copy took ~0.1 s; `release(old)`
 then drops the file pages the copy replaces. The decoders are left alone: they fold
 their own BN (decoder.py), cached and invalidated when weights change.

@@ -35,7 +35,7 @@ from .factory import build_model
 from .host_memory import keep_heap_between_calls, return_free_heap
 from .model import CausalCLIPSeg
 from .notes import all_notes
-from .packed_convs import pack_convolutions_
+from .packed_convs import pack_convolutions_, packing_available
 from .prefetch import NotePrefetch
 from .preprocess import PreprocessConfig, prepare_image, resize_to, to_grey_or_rgb
 from .text_inference import PackedTextTower, encode_text
@@ -138,8 +138,10 @@ class Segmenter:
         # the weights' file pages, dropped where a copy replaces them (a packed or a folded one)
         release = (mapped_pages_release(self.model.state_dict().values())
                    if self._weights_file is not None else None)
-        if fuse:  # with `release`, folded into copies: the mapped pages are only read
-            fuse_for_inference_(self.model, release)
+        if fuse:
+            # into copies where packing replaces them at once (the file's pages only read);
+            # otherwise in place, so that no copy stays beside pages that cannot be dropped
+            fuse_for_inference_(self.model, release if packing_available() else None)
         self.model_id = model_id or uuid.uuid4().hex
         self.preprocess = PreprocessConfig(size=model.config.image_size)
         self.tokenizer = NoteTokenizer(model.config.text.context_length, truncate=config.truncate_notes)
