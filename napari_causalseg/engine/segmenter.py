@@ -157,9 +157,9 @@ class Segmenter:
             # first prompts); a mapped weight's file pages go, the packed copy replaces them
             size = self.model.config.image_size
             example = torch.zeros(1, 3, size, size, device=self.device)
-            pack_convolutions_(self.model, lambda: self.model.encode_image(example, with_confounding=False),
-                               release or (lambda w: None))
-            self.model.vision.backbone.attnpool.pack_projections_(release or (lambda w: None))
+            drop = release or (lambda w: None)
+            pack_convolutions_(self.model, lambda: self.model.encode_image(example, with_confounding=False), drop)
+            self.model.vision.backbone.attnpool.pack_projections_(drop)
         text = self.model.text.transformer
         if fuse and self._weights_file is not None and PackedTextTower.available(text):
             # The text weights are file pages this model only reads: packed once (a copy),
