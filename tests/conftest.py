@@ -3,12 +3,21 @@ data sets on disk in each layout the data readers know."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+# Triton's LLVM must be loaded before Mesa's: a test that imports it (torch.profiler, or
+# torch._dynamo through a TorchDispatchMode or an optimizer) after napari's GUI tests have
+# made a GL context segfaults in libtriton's static initialisers, so the outcome would
+# depend on which test files ran first. Loaded here, before any test, wherever installed.
+if importlib.util.find_spec("triton") is not None:
+    importlib.import_module("triton")
 
 from napari_causalseg.engine import CausalCLIPSeg, get_config
 from napari_causalseg.engine.data.annotations import AnnotationStore
